@@ -1,0 +1,251 @@
+//! The two brokers behind one face: start one, open subscribers, publish, read deliveries.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Result;
+use futures_util::stream::{self, StreamExt};
+use futures_util::SinkExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::nats;
+use crate::payload;
+use crate::servers::{self, Server, ServerSetup};
+use crate::stellwerk;
+use crate::wsclient::Ws;
+
+/// Which broker a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Broker {
+    Stellwerk,
+    Nats,
+}
+
+impl Broker {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Broker::Stellwerk => "stellwerk",
+            Broker::Nats => "nats",
+        }
+    }
+
+    /// Starts a fresh server. `queue_capacity` is Stellwerk's per-connection queue length.
+    pub(crate) async fn start(
+        self,
+        setup: &ServerSetup,
+        label: &str,
+        queue_capacity: usize,
+    ) -> Result<Server> {
+        match self {
+            Broker::Stellwerk => servers::start_stellwerk(setup, label, queue_capacity).await,
+            Broker::Nats => servers::start_nats(setup, label).await,
+        }
+    }
+
+    /// Opens subscriber number `index` (each has its own user id: per-user connection limits
+    /// must not get in the way) and waits until its subscription is live.
+    pub(crate) async fn subscribe(
+        self,
+        addr: SocketAddr,
+        index: usize,
+        channel: &str,
+        batch: bool,
+        read_buffer: usize,
+    ) -> Result<Connection> {
+        match self {
+            Broker::Stellwerk => {
+                let token = stellwerk::token(servers::JWT_SECRET, &format!("bench-user-{index}"))?;
+                let ws = stellwerk::subscriber(addr, &token, channel, batch, read_buffer).await?;
+                Ok(Connection {
+                    ws,
+                    decoder: Decoder::Stellwerk,
+                })
+            }
+            Broker::Nats => {
+                let (ws, parser) =
+                    nats::subscriber(addr, &nats_subject(channel), read_buffer).await?;
+                Ok(Connection {
+                    ws,
+                    decoder: Decoder::Nats(parser),
+                })
+            }
+        }
+    }
+
+    pub(crate) async fn publisher(self, addr: SocketAddr, channel: &str) -> Result<Publisher> {
+        Ok(match self {
+            Broker::Stellwerk => {
+                Publisher::Http(stellwerk::Publisher::new(addr, servers::API_KEY, channel)?)
+            }
+            Broker::Nats => Publisher::Nats(Box::new(
+                nats::Publisher::connect(addr, &nats_subject(channel)).await?,
+            )),
+        })
+    }
+}
+
+/// NATS subjects use `.` as separator; `public:bench` becomes `public.bench`.
+fn nats_subject(channel: &str) -> String {
+    channel.replace(':', ".")
+}
+
+enum Decoder {
+    Stellwerk,
+    Nats(nats::Parser),
+}
+
+/// A subscribed WebSocket connection.
+pub(crate) struct Connection {
+    ws: Ws,
+    decoder: Decoder,
+}
+
+/// Publishes benchmark messages, one per request (HTTP) or frame (NATS).
+pub(crate) enum Publisher {
+    Http(stellwerk::Publisher),
+    Nats(Box<nats::Publisher>),
+}
+
+impl Publisher {
+    /// Stamps message `seq` with the current time and sends it.
+    pub(crate) async fn publish(&mut self, seq: u64, size: usize) -> Result<()> {
+        let message = payload::message(seq, payload::now_nanos(), size);
+        match self {
+            Publisher::Http(p) => p.publish(&message).await,
+            Publisher::Nats(p) => p.publish(&message).await,
+        }
+    }
+}
+
+/// What one subscriber saw.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) received: u64,
+    pub(crate) latencies_us: Vec<u32>,
+    /// [`payload::now_nanos`] at the last delivery.
+    pub(crate) last_ns: u64,
+    /// Why the connection ended before it was told to stop, if it did.
+    pub(crate) ended: Option<String>,
+}
+
+/// Reads deliveries until `stop` flips (or the server closes), counting each into
+/// `delivered` so that the driver can tell when everything has arrived.
+pub(crate) async fn read_until_stopped(
+    conn: Connection,
+    mut stop: watch::Receiver<bool>,
+    delivered: Arc<AtomicU64>,
+    expected: usize,
+) -> Tally {
+    let Connection {
+        mut ws,
+        mut decoder,
+    } = conn;
+    let mut tally = Tally {
+        latencies_us: Vec::with_capacity(expected),
+        ..Tally::default()
+    };
+    loop {
+        let frame = tokio::select! {
+            _ = stop.changed() => break,
+            frame = ws.next() => frame,
+        };
+        let data = match frame {
+            Some(Ok(Message::Text(t))) => t.into(),
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Close(c))) => {
+                tally.ended = Some(format!("closed by server: {c:?}"));
+                break;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                tally.ended = Some(format!("error: {e}"));
+                break;
+            }
+            None => {
+                tally.ended = Some("connection ended".into());
+                break;
+            }
+        };
+        let now = payload::now_nanos();
+        let before = tally.received;
+        let mut record = |message: &[u8]| {
+            if let Some(ts) = payload::timestamp(message) {
+                tally.received += 1;
+                let us = now.saturating_sub(ts) / 1000;
+                tally
+                    .latencies_us
+                    .push(u32::try_from(us).unwrap_or(u32::MAX));
+            }
+        };
+        let mut pong = false;
+        match &mut decoder {
+            // Batched pushes are `\n`-separated JSON objects; unbatched ones contain no `\n`.
+            Decoder::Stellwerk => data.split(|b| *b == b'\n').for_each(&mut record),
+            Decoder::Nats(parser) => parser.feed(&data, |ev| match ev {
+                nats::Event::Msg(m) => record(m),
+                nats::Event::Ping => pong = true,
+                nats::Event::Err(e) => eprintln!("nats: -ERR {e}"),
+                nats::Event::Pong => {}
+            }),
+        }
+        if tally.received > before {
+            tally.last_ns = now;
+            delivered.fetch_add(tally.received - before, Ordering::Relaxed);
+        }
+        if pong && ws.send(Message::binary(&b"PONG\r\n"[..])).await.is_err() {
+            tally.ended = Some("PONG failed".into());
+            break;
+        }
+    }
+    tally
+}
+
+/// Outcome of opening many subscribers.
+pub(crate) struct Opened {
+    pub(crate) connections: Vec<Connection>,
+    pub(crate) failed: usize,
+    pub(crate) first_error: Option<String>,
+    pub(crate) timed_out: bool,
+}
+
+/// Opens `count` subscribers, `concurrency` handshakes at a time, until `deadline`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn open_many(
+    broker: Broker,
+    addr: SocketAddr,
+    count: usize,
+    concurrency: usize,
+    channel: &str,
+    batch: bool,
+    read_buffer: usize,
+    deadline: Instant,
+) -> Opened {
+    let mut pending = stream::iter(0..count)
+        .map(|i| broker.subscribe(addr, i, channel, batch, read_buffer))
+        .buffer_unordered(concurrency.max(1));
+    let mut opened = Opened {
+        connections: Vec::with_capacity(count),
+        failed: 0,
+        first_error: None,
+        timed_out: false,
+    };
+    loop {
+        match tokio::time::timeout_at(deadline, pending.next()).await {
+            Ok(Some(Ok(conn))) => opened.connections.push(conn),
+            Ok(Some(Err(e))) => {
+                opened.failed += 1;
+                opened.first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+            Ok(None) => break,
+            Err(_) => {
+                opened.timed_out = true;
+                break;
+            }
+        }
+    }
+    opened
+}

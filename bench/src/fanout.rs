@@ -1,0 +1,229 @@
+//! Scenario `fanout`: N subscribers on one channel, M published messages, every message to
+//! every subscriber. The deciding figure is deliveries per server CPU-second.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::clients::{self, Broker};
+use crate::payload::{self, Percentiles};
+use crate::procfs;
+use crate::servers::ServerSetup;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Params {
+    pub(crate) subscribers: usize,
+    pub(crate) messages: usize,
+    /// Messages per second, or `None` to publish as fast as the publisher can.
+    pub(crate) rate: Option<f64>,
+    /// Stellwerk's opt-in batching (`?batch=1`); nats always packs.
+    pub(crate) batch: bool,
+    pub(crate) size: usize,
+    pub(crate) channel: String,
+    pub(crate) timeout: Duration,
+    /// After the last publish, stop waiting once nothing has arrived for this long.
+    pub(crate) drain_idle: Duration,
+    pub(crate) connect_concurrency: usize,
+    pub(crate) read_buffer: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Outcome {
+    pub(crate) target: Broker,
+    pub(crate) batch: bool,
+    pub(crate) rate: Option<f64>,
+    pub(crate) subscribers: usize,
+    pub(crate) subscribers_failed: usize,
+    pub(crate) first_connect_error: Option<String>,
+    pub(crate) published: u64,
+    pub(crate) publish_errors: u64,
+    pub(crate) first_publish_error: Option<String>,
+    pub(crate) expected: u64,
+    pub(crate) delivered: u64,
+    pub(crate) lost: u64,
+    /// First publish to last delivery.
+    pub(crate) elapsed_s: f64,
+    pub(crate) publish_s: f64,
+    pub(crate) deliveries_per_s: f64,
+    pub(crate) server_cpu_s: f64,
+    pub(crate) deliveries_per_cpu_s: f64,
+    #[serde(flatten)]
+    pub(crate) latency: Percentiles,
+    pub(crate) generator_cpu_s: f64,
+    pub(crate) server_rss_kib: u64,
+    /// Subscribers whose connection ended during the run (e.g. cut off as slow consumers).
+    pub(crate) subscribers_dropped: usize,
+    pub(crate) first_drop_reason: Option<String>,
+    pub(crate) timed_out: bool,
+    pub(crate) server_log: String,
+}
+
+impl Outcome {
+    pub(crate) fn pace(&self) -> String {
+        match self.rate {
+            Some(r) => format!("{r}/s"),
+            None => "unpaced".into(),
+        }
+    }
+}
+
+pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Result<Outcome> {
+    let deadline = Instant::now() + p.timeout;
+    let label = format!(
+        "fanout-{}-{}",
+        if p.batch { "batch" } else { "nobatch" },
+        p.rate.map_or("unpaced".to_string(), |r| format!("{r}"))
+    );
+    // Queue long enough for the whole run: a cut-off would measure the queue, not the broker.
+    let server = broker.start(setup, &label, p.messages + 1024).await?;
+    let pid = server.pid();
+    let addr = server.ws_addr;
+
+    let opened = clients::open_many(
+        broker,
+        addr,
+        p.subscribers,
+        p.connect_concurrency,
+        &p.channel,
+        p.batch,
+        p.read_buffer,
+        deadline,
+    )
+    .await;
+    if opened.connections.is_empty() {
+        server.stop().await;
+        bail!(
+            "no subscriber could connect: {}",
+            opened.first_error.unwrap_or_default()
+        );
+    }
+    let subscribers = opened.connections.len();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let readers: Vec<_> = opened
+        .connections
+        .into_iter()
+        .map(|conn| {
+            tokio::spawn(clients::read_until_stopped(
+                conn,
+                stop_rx.clone(),
+                delivered.clone(),
+                p.messages,
+            ))
+        })
+        .collect();
+    let mut publisher = broker.publisher(addr, &p.channel).await?;
+
+    let cpu_before = procfs::cpu_seconds(pid)?;
+    let gen_before = procfs::own_cpu_seconds()?;
+    let t0 = payload::now_nanos();
+    let start = Instant::now();
+    let mut timed_out = opened.timed_out;
+    let (mut published, mut publish_errors, mut consecutive_errors) = (0u64, 0u64, 0u32);
+    let mut first_publish_error = None;
+    for seq in 0..p.messages as u64 {
+        if let Some(rate) = p.rate {
+            let due = start + Duration::from_secs_f64(seq as f64 / rate);
+            tokio::time::sleep_until(due.min(deadline)).await;
+        }
+        if Instant::now() >= deadline {
+            timed_out = true;
+            break;
+        }
+        match publisher.publish(seq, p.size).await {
+            Ok(()) => {
+                published += 1;
+                consecutive_errors = 0;
+            }
+            Err(e) => {
+                publish_errors += 1;
+                consecutive_errors += 1;
+                first_publish_error.get_or_insert_with(|| format!("{e:#}"));
+                if consecutive_errors >= 20 {
+                    break;
+                }
+            }
+        }
+    }
+    let publish_s = start.elapsed().as_secs_f64();
+
+    // Drain: until everything arrived, nothing arrives any more, or time is up.
+    let expected = published * subscribers as u64;
+    let (mut last_count, mut last_progress) = (0, Instant::now());
+    loop {
+        let now_count = delivered.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if now_count >= expected {
+            break;
+        }
+        if now_count != last_count {
+            (last_count, last_progress) = (now_count, now);
+        } else if now.duration_since(last_progress) >= p.drain_idle {
+            break;
+        }
+        if now >= deadline {
+            timed_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let server_cpu_s = procfs::cpu_seconds(pid)? - cpu_before;
+    let generator_cpu_s = procfs::own_cpu_seconds()? - gen_before;
+    let server_rss_kib = procfs::rss_kib(pid).unwrap_or(0);
+
+    let _ = stop_tx.send(true);
+    let (mut received, mut last_ns, mut dropped, mut first_drop_reason) = (0u64, t0, 0, None);
+    let mut latencies = Vec::with_capacity(expected as usize);
+    for reader in readers {
+        let tally = reader.await?;
+        received += tally.received;
+        last_ns = last_ns.max(tally.last_ns);
+        latencies.extend_from_slice(&tally.latencies_us);
+        if let Some(reason) = tally.ended {
+            dropped += 1;
+            first_drop_reason.get_or_insert(reason);
+        }
+    }
+    let server_log = server.log.display().to_string();
+    server.stop().await;
+
+    let elapsed_s = (last_ns.saturating_sub(t0)) as f64 / 1e9;
+    Ok(Outcome {
+        target: broker,
+        batch: p.batch,
+        rate: p.rate,
+        subscribers,
+        subscribers_failed: opened.failed,
+        first_connect_error: opened.first_error,
+        published,
+        publish_errors,
+        first_publish_error,
+        expected,
+        delivered: received,
+        lost: expected.saturating_sub(received),
+        elapsed_s,
+        publish_s,
+        deliveries_per_s: ratio(received as f64, elapsed_s),
+        server_cpu_s,
+        deliveries_per_cpu_s: ratio(received as f64, server_cpu_s),
+        latency: Percentiles::of(&mut latencies),
+        generator_cpu_s,
+        server_rss_kib,
+        subscribers_dropped: dropped,
+        first_drop_reason,
+        timed_out,
+        server_log,
+    })
+}
+
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}

@@ -1,0 +1,508 @@
+//! `stellwerk-bench`: the load generator that measures Stellwerk against nats-server on the
+//! same machine, in the same run (DESIGN.md §7).
+//!
+//! # Layout
+//! - `procfs`: server CPU seconds and RSS from `/proc`, the fd limit.
+//! - `servers`: start a fresh Stellwerk or nats-server per run.
+//! - `wsclient`, `stellwerk`, `nats`: the client side of each broker's protocol.
+//! - `payload`: the timestamped benchmark message and latency percentiles.
+//! - `clients`: both brokers behind one face (subscribe, publish, read deliveries).
+//! - `fanout`, `idle`: the scenarios.
+
+mod clients;
+mod fanout;
+mod idle;
+mod nats;
+mod payload;
+mod procfs;
+mod servers;
+mod stellwerk;
+mod wsclient;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::clients::Broker;
+use crate::servers::ServerSetup;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stellwerk-bench",
+    about = "Load generator: Stellwerk versus nats-server, side by side on this machine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N subscribers on one channel, M messages: deliveries/s, latency, deliveries per server CPU-second.
+    Fanout(FanoutArgs),
+    /// K idle authenticated+subscribed connections: server KiB per connection.
+    Idle(IdleArgs),
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Which broker(s) to measure.
+    #[arg(long, value_enum, default_value_t = Which::Both, global = true)]
+    target: Which,
+    /// Append one JSON line with all results of this invocation to this file.
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+    /// Upper bound per run (one server start to stop), in seconds; a run that hits it
+    /// reports what it has.
+    #[arg(long, default_value_t = 120, global = true)]
+    timeout: u64,
+    /// Channel (Stellwerk) / subject (NATS, with `:` as `.`) used by every run.
+    #[arg(long, default_value = "public:bench", global = true)]
+    channel: String,
+    /// Stellwerk binary [default: `stellwerk` next to this binary, else target/release/stellwerk].
+    #[arg(long, global = true)]
+    stellwerk_bin: Option<PathBuf>,
+    /// Plugin directory for Stellwerk [default: target/plugins].
+    #[arg(long, global = true)]
+    plugins_dir: Option<PathBuf>,
+    /// Extra environment for Stellwerk, e.g. `--stellwerk-env STELLWERK_LIMITS_X=5` (repeatable).
+    #[arg(long = "stellwerk-env", value_parser = key_value, global = true)]
+    stellwerk_env: Vec<(String, String)>,
+    /// nats-server binary [default: from PATH, /usr/bin or /usr/sbin].
+    #[arg(long, global = true)]
+    nats_bin: Option<PathBuf>,
+    /// Server logs and the generated nats config go here.
+    #[arg(long, default_value = "target/bench-logs", global = true)]
+    log_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct FanoutArgs {
+    /// Subscribers on the channel.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Messages published.
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
+    /// Publish rate of the paced runs, messages per second.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Paced (at --rate), unpaced (as fast as one publisher goes), or both.
+    #[arg(long, value_enum, default_value_t = Pace::Both)]
+    pace: Pace,
+    /// Stellwerk's opt-in batching (`?batch=1`): off, on, or both.
+    #[arg(long, value_enum, default_value_t = Batch::Both)]
+    batch: Batch,
+    /// Message payload size in bytes.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// After the last publish, stop waiting once nothing arrived for this many seconds.
+    #[arg(long, default_value_t = 5)]
+    drain_idle: u64,
+    /// WebSocket handshakes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Read buffer per subscriber connection, bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    read_buffer: usize,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    /// Idle connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Seconds to wait after the last connection before reading the server's RSS.
+    #[arg(long, default_value_t = 3)]
+    settle: u64,
+    /// WebSocket handshakes in flight at once.
+    #[arg(long, default_value_t = 100)]
+    connect_concurrency: usize,
+    /// Read buffer per client connection, bytes.
+    #[arg(long, default_value_t = 4 * 1024)]
+    read_buffer: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Which {
+    Stellwerk,
+    Nats,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Pace {
+    Paced,
+    Unpaced,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Batch {
+    Off,
+    On,
+    Both,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
+}
+
+impl Which {
+    fn brokers(self) -> Vec<Broker> {
+        match self {
+            Which::Stellwerk => vec![Broker::Stellwerk],
+            Which::Nats => vec![Broker::Nats],
+            Which::Both => vec![Broker::Stellwerk, Broker::Nats],
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // Before the runtime and before any server is spawned: children inherit the limit.
+    let fd_limit = procfs::raise_fd_limit(65_536);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli, fd_limit))
+}
+
+async fn run(cli: Cli, fd_limit: u64) -> Result<()> {
+    let c = &cli.common;
+    let setup = ServerSetup {
+        stellwerk_bin: c
+            .stellwerk_bin
+            .clone()
+            .unwrap_or_else(servers::default_stellwerk_bin),
+        plugins_dir: c
+            .plugins_dir
+            .clone()
+            .unwrap_or_else(servers::default_plugins_dir),
+        stellwerk_env: c.stellwerk_env.clone(),
+        nats_bin: c.nats_bin.clone().unwrap_or_else(servers::default_nats_bin),
+        log_dir: c.log_dir.clone(),
+    };
+    let brokers = c.target.brokers();
+    let timeout = Duration::from_secs(c.timeout);
+    let load_before = procfs::load_average();
+    eprintln!(
+        "stellwerk-bench: fd limit {fd_limit}, load average {}, CPUs {}",
+        load_before.map_or("?".into(), |l| format!("{l:.2}")),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let report = match &cli.scenario {
+        Scenario::Fanout(a) => run_fanout(a, c, &setup, &brokers, timeout).await,
+        Scenario::Idle(a) => {
+            if fd_limit < a.connections as u64 + 1000 {
+                eprintln!(
+                    "warning: fd limit {fd_limit} is below {} connections + 1000; run `ulimit -n 65536` first",
+                    a.connections
+                );
+            }
+            run_idle(a, c, &setup, &brokers, timeout).await
+        }
+    };
+    if let Some(out) = &c.out {
+        let mut line = report;
+        line["unix_time"] = json!(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs());
+        line["load_average_1m_before"] = json!(load_before);
+        line["load_average_1m_after"] = json!(procfs::load_average());
+        line["cpus"] = json!(std::thread::available_parallelism().map_or(0, |n| n.get()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .with_context(|| format!("opening {}", out.display()))?;
+        writeln!(file, "{line}")?;
+        eprintln!("results appended to {}", out.display());
+    }
+    Ok(())
+}
+
+async fn run_fanout(
+    a: &FanoutArgs,
+    c: &Common,
+    setup: &ServerSetup,
+    brokers: &[Broker],
+    timeout: Duration,
+) -> serde_json::Value {
+    let rates: Vec<Option<f64>> = match a.pace {
+        Pace::Paced => vec![Some(a.rate)],
+        Pace::Unpaced => vec![None],
+        Pace::Both => vec![Some(a.rate), None],
+    };
+    let batches: Vec<bool> = match a.batch {
+        Batch::Off => vec![false],
+        Batch::On => vec![true],
+        Batch::Both => vec![false, true],
+    };
+    let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
+    for &rate in &rates {
+        for &broker in brokers {
+            // nats has no batching switch: it always packs what is queued into one frame.
+            let variants = if broker == Broker::Nats {
+                &[false][..]
+            } else {
+                &batches[..]
+            };
+            for &batch in variants {
+                let params = fanout::Params {
+                    subscribers: a.subscribers,
+                    messages: a.messages,
+                    rate,
+                    batch,
+                    size: a.size,
+                    channel: c.channel.clone(),
+                    timeout,
+                    drain_idle: Duration::from_secs(a.drain_idle),
+                    connect_concurrency: a.connect_concurrency,
+                    read_buffer: a.read_buffer,
+                };
+                let what = format!(
+                    "fanout {} batch={} pace={}",
+                    broker.name(),
+                    if batch { "on" } else { "off" },
+                    rate.map_or("unpaced".into(), |r| format!("{r}/s"))
+                );
+                eprintln!("running {what} …");
+                // The run bounds itself; this is the backstop should a server hang.
+                let bounded = tokio::time::timeout(
+                    timeout + Duration::from_secs(60),
+                    fanout::run(broker, setup, &params),
+                );
+                match bounded.await {
+                    Ok(Ok(outcome)) => outcomes.push(outcome),
+                    Ok(Err(e)) => {
+                        eprintln!("{what} failed: {e:#}");
+                        failures.push(json!({"run": what, "error": format!("{e:#}")}));
+                    }
+                    Err(_) => {
+                        eprintln!("{what} aborted: no result within the timeout");
+                        failures.push(json!({"run": what, "error": "aborted by timeout"}));
+                    }
+                }
+            }
+        }
+    }
+    print_fanout(&outcomes);
+    let ratios = fanout_ratios(&outcomes);
+    print_ratios(&ratios);
+    json!({
+        "scenario": "fanout",
+        "params": {
+            "subscribers": a.subscribers, "messages": a.messages, "rate": a.rate,
+            "size": a.size, "channel": c.channel, "timeout_s": c.timeout,
+        },
+        "results": outcomes,
+        "failures": failures,
+        "ratios": ratios,
+    })
+}
+
+fn print_fanout(outcomes: &[fanout::Outcome]) {
+    println!();
+    println!(
+        "{:<10} {:<5} {:<8} {:>6} {:>6} {:>9} {:>7} {:>8} {:>10} {:>8} {:>11} {:>7} {:>7} {:>7} {:>7}",
+        "target", "batch", "pace", "subs", "msgs", "delivered", "lost", "elapsed", "deliv/s", "srv CPU",
+        "deliv/CPU-s", "p50 ms", "p99 ms", "max ms", "gen CPU"
+    );
+    for o in outcomes {
+        println!(
+            "{:<10} {:<5} {:<8} {:>6} {:>6} {:>9} {:>7} {:>7.2}s {:>10.0} {:>7.2}s {:>11.0} {:>7.2} {:>7.2} {:>7.2} {:>6.2}s",
+            o.target.name(),
+            if o.batch { "on" } else { "off" },
+            o.pace(),
+            o.subscribers,
+            o.published,
+            o.delivered,
+            o.lost,
+            o.elapsed_s,
+            o.deliveries_per_s,
+            o.server_cpu_s,
+            o.deliveries_per_cpu_s,
+            o.latency.p50_ms,
+            o.latency.p99_ms,
+            o.latency.max_ms,
+            o.generator_cpu_s,
+        );
+        let notes = [
+            (o.subscribers_failed > 0).then(|| {
+                format!(
+                    "{} subscribers failed to connect ({})",
+                    o.subscribers_failed,
+                    o.first_connect_error.as_deref().unwrap_or("")
+                )
+            }),
+            (o.publish_errors > 0).then(|| {
+                format!(
+                    "{} publish errors ({})",
+                    o.publish_errors,
+                    o.first_publish_error.as_deref().unwrap_or("")
+                )
+            }),
+            (o.subscribers_dropped > 0).then(|| {
+                format!(
+                    "{} subscribers dropped ({})",
+                    o.subscribers_dropped,
+                    o.first_drop_reason.as_deref().unwrap_or("")
+                )
+            }),
+            o.timed_out
+                .then(|| "hit the timeout: partial figures".to_string()),
+        ];
+        for note in notes.into_iter().flatten() {
+            println!("    note: {note}");
+        }
+    }
+}
+
+/// Stellwerk / NATS per pace and Stellwerk batching mode, from runs of this invocation only.
+fn fanout_ratios(outcomes: &[fanout::Outcome]) -> serde_json::Value {
+    let mut ratios = serde_json::Map::new();
+    for nats in outcomes.iter().filter(|o| o.target == Broker::Nats) {
+        for sw in outcomes
+            .iter()
+            .filter(|o| o.target == Broker::Stellwerk && o.rate == nats.rate)
+        {
+            let key = format!(
+                "{} batch={}",
+                nats.pace(),
+                if sw.batch { "on" } else { "off" }
+            );
+            ratios.insert(
+                key,
+                json!({
+                    "deliveries_per_cpu_s": fanout::ratio(sw.deliveries_per_cpu_s, nats.deliveries_per_cpu_s),
+                    "deliveries_per_s": fanout::ratio(sw.deliveries_per_s, nats.deliveries_per_s),
+                    "p99_latency": fanout::ratio(sw.latency.p99_ms, nats.latency.p99_ms),
+                }),
+            );
+        }
+    }
+    serde_json::Value::Object(ratios)
+}
+
+fn print_ratios(ratios: &serde_json::Value) {
+    let Some(map) = ratios.as_object().filter(|m| !m.is_empty()) else {
+        return;
+    };
+    println!();
+    println!("Stellwerk / NATS (same run; >1 means Stellwerk is higher):");
+    for (key, value) in map {
+        let fields: Vec<String> = value
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, v)| format!("{name} {:.2}", v.as_f64().unwrap_or(0.0)))
+            .collect();
+        println!("  {key:<22} {}", fields.join(", "));
+    }
+}
+
+async fn run_idle(
+    a: &IdleArgs,
+    c: &Common,
+    setup: &ServerSetup,
+    brokers: &[Broker],
+    timeout: Duration,
+) -> serde_json::Value {
+    let params = idle::Params {
+        connections: a.connections,
+        channel: c.channel.clone(),
+        timeout,
+        settle: Duration::from_secs(a.settle),
+        connect_concurrency: a.connect_concurrency,
+        read_buffer: a.read_buffer,
+    };
+    let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
+    for &broker in brokers {
+        eprintln!("running idle {} …", broker.name());
+        let bounded = tokio::time::timeout(
+            timeout + Duration::from_secs(60),
+            idle::run(broker, setup, &params),
+        );
+        match bounded.await {
+            Ok(Ok(outcome)) => outcomes.push(outcome),
+            Ok(Err(e)) => {
+                eprintln!("idle {} failed: {e:#}", broker.name());
+                failures.push(json!({"run": broker.name(), "error": format!("{e:#}")}));
+            }
+            Err(_) => {
+                eprintln!(
+                    "idle {} aborted: no result within the timeout",
+                    broker.name()
+                );
+                failures.push(json!({"run": broker.name(), "error": "aborted by timeout"}));
+            }
+        }
+    }
+    println!();
+    println!(
+        "{:<10} {:>9} {:>7} {:>12} {:>12} {:>10} {:>9} {:>8} {:>12}",
+        "target",
+        "connected",
+        "failed",
+        "RSS before",
+        "RSS after",
+        "KiB/conn",
+        "connect",
+        "srv CPU",
+        "gen RSS"
+    );
+    for o in &outcomes {
+        println!(
+            "{:<10} {:>9} {:>7} {:>8} KiB {:>8} KiB {:>10.2} {:>8.2}s {:>7.2}s {:>8} KiB",
+            o.target.name(),
+            o.connected,
+            o.failed,
+            o.rss_before_kib,
+            o.rss_after_kib,
+            o.kib_per_connection,
+            o.connect_s,
+            o.server_cpu_s,
+            o.generator_rss_kib,
+        );
+        if let Some(e) = &o.first_error {
+            println!("    note: first connect error: {e}");
+        }
+        if o.ended_early > 0 {
+            println!(
+                "    note: {} connections ended before the measurement finished",
+                o.ended_early
+            );
+        }
+        if o.timed_out {
+            println!("    note: hit the timeout: partial figures");
+        }
+    }
+    let find = |b: Broker| outcomes.iter().find(|o| o.target == b);
+    let ratio = match (find(Broker::Stellwerk), find(Broker::Nats)) {
+        (Some(sw), Some(nats)) => {
+            let r = fanout::ratio(sw.kib_per_connection, nats.kib_per_connection);
+            println!();
+            println!(
+                "Stellwerk / NATS KiB per idle connection: {r:.2} (<1 means Stellwerk uses less)"
+            );
+            Some(r)
+        }
+        _ => None,
+    };
+    json!({
+        "scenario": "idle",
+        "params": {"connections": a.connections, "channel": c.channel, "settle_s": a.settle, "timeout_s": c.timeout},
+        "results": outcomes,
+        "failures": failures,
+        "ratios": {"kib_per_connection": ratio},
+    })
+}

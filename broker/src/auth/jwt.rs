@@ -1,0 +1,682 @@
+//! JWT verification for client identities, and HS256 minting for `stellwerk token`.
+//!
+//! The verifier accepts exactly one algorithm, the one that follows from the configured key
+//! (HS256 for `jwt.secret`; RS256, ES256 or EdDSA for `jwt.public_key_file`). The header's
+//! `alg` is checked against it before anything else, which is what refuses `alg: none` and
+//! algorithm confusion (an HS256 token "signed" with the public key).
+//!
+//! Checked: signature, `exp` (required), `nbf` and `iat` (both optional, must not lie in the
+//! future), `sub` (required, a non-empty string), all with `jwt.leeway_seconds` of clock
+//! leeway. Not checked in this slice: `aud` and `iss` (a token that carries them is accepted).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+
+use super::Identity;
+use crate::config::JwtConfig;
+
+/// Why a token was refused. `Display` is short and safe to send to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not three base64url parts, or the header or claims are not JSON objects.
+    #[error("malformed token")]
+    Malformed,
+    /// The signature does not match the configured key.
+    #[error("bad token signature")]
+    BadSignature,
+    /// `exp` lies in the past (beyond the leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` or `iat` lies in the future (beyond the leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// The header's `alg` is not the one configured algorithm (includes `none`).
+    #[error("token algorithm `{0}` not allowed")]
+    AlgorithmNotAllowed(String),
+    /// A required claim (`sub`, `exp`) is missing, has the wrong type, or (`sub`) is empty.
+    #[error("token claim `{0}` missing or invalid")]
+    MissingClaim(&'static str),
+}
+
+/// Why the JWT settings cannot be turned into a verifier (a start-up error).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Neither `jwt.secret` nor `jwt.public_key_file` is set.
+    #[error("no JWT key configured: set jwt.secret or jwt.public_key_file")]
+    NoKey,
+    /// Both are set; the algorithm would be ambiguous.
+    #[error("jwt.secret and jwt.public_key_file are both set; choose one")]
+    BothKeys,
+    /// `jwt.secret` is the empty string.
+    #[error("jwt.secret is empty")]
+    EmptySecret,
+    /// The public key file cannot be read.
+    #[error("{}: cannot read JWT public key: {source}", path.display())]
+    KeyFileUnreadable {
+        /// The configured `jwt.public_key_file`.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is readable but not a public key this verifier supports.
+    #[error("{}: {reason}", path.display())]
+    UnrecognisedKey {
+        /// The configured `jwt.public_key_file`.
+        path: PathBuf,
+        /// What is wrong with it, in one line.
+        reason: String,
+    },
+}
+
+/// Verifies client tokens against the one configured key and algorithm.
+///
+/// Cheap to clone; build it once at start-up with [`TokenVerifier::from_config`].
+#[derive(Clone)]
+pub struct TokenVerifier {
+    algorithm: Algorithm,
+    key: DecodingKey,
+    validation: Validation,
+    leeway: u64,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key itself stays out of logs.
+        f.debug_struct("TokenVerifier")
+            .field("algorithm", &self.algorithm)
+            .field("leeway", &self.leeway)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenVerifier {
+    /// Builds the verifier: `jwt.secret` → HS256; `jwt.public_key_file` → the algorithm of the
+    /// PEM public key in it (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA).
+    pub fn from_config(jwt: &JwtConfig) -> Result<TokenVerifier, AuthError> {
+        let (algorithm, key) = match (&jwt.secret, &jwt.public_key_file) {
+            (Some(_), Some(_)) => return Err(AuthError::BothKeys),
+            (None, None) => return Err(AuthError::NoKey),
+            (Some(secret), None) if secret.is_empty() => return Err(AuthError::EmptySecret),
+            (Some(secret), None) => (Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes())),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|source| AuthError::KeyFileUnreadable {
+                    path: path.clone(),
+                    source,
+                })?;
+                public_key_from_pem(&pem).map_err(|reason| AuthError::UnrecognisedKey {
+                    path: path.clone(),
+                    reason,
+                })?
+            }
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        // `aud`/`iss` are not checked in this slice; without this a token carrying `aud`
+        // would be refused because no audience is configured.
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = jwt.leeway_seconds;
+        Ok(TokenVerifier {
+            algorithm,
+            key,
+            validation,
+            leeway: jwt.leeway_seconds,
+        })
+    }
+
+    /// The one accepted algorithm, for the start-up log (`"HS256"`, `"RS256"`, `"ES256"`,
+    /// `"EdDSA"`).
+    pub fn algorithm(&self) -> &'static str {
+        algorithm_name(self.algorithm)
+    }
+
+    /// Checks `token` and returns who it identifies.
+    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        // Read `alg` ourselves first: jsonwebtoken cannot even parse `none` or unknown names,
+        // and the client deserves to hear which algorithm was refused.
+        let alg = header_alg(token)?;
+        if alg != algorithm_name(self.algorithm) {
+            return Err(TokenError::AlgorithmNotAllowed(printable(&alg)));
+        }
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|e| map_jwt_error(e.kind(), &alg))?;
+        let claims = data.claims;
+
+        let user = match claims.get("sub") {
+            Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
+            _ => return Err(TokenError::MissingClaim("sub")),
+        };
+        let expires_at = claims
+            .get("exp")
+            .and_then(numeric_date)
+            .ok_or(TokenError::MissingClaim("exp"))?;
+        if let Some(iat) = claims.get("iat") {
+            let iat = numeric_date(iat).ok_or(TokenError::Malformed)?;
+            if iat > now().saturating_add(self.leeway) {
+                return Err(TokenError::NotYetValid);
+            }
+        }
+
+        let claims_json: Arc<str> = Value::Object(claims.clone()).to_string().into();
+        Ok(Identity {
+            user,
+            claims,
+            claims_json,
+            expires_at,
+        })
+    }
+}
+
+/// Mints an HS256 token for `sub`, valid for `ttl` from now, with `extra_claims` added
+/// (`sub`, `iat` and `exp` are always set by this function and win over extras).
+pub fn mint_hs256(
+    secret: &str,
+    sub: &str,
+    extra_claims: Map<String, Value>,
+    ttl: Duration,
+) -> String {
+    let iat = now();
+    let mut claims = extra_claims;
+    claims.insert("sub".into(), Value::from(sub));
+    claims.insert("iat".into(), Value::from(iat));
+    claims.insert("exp".into(), Value::from(iat.saturating_add(ttl.as_secs())));
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    // HMAC signing of a JSON object with an HMAC key has no failure path.
+    .expect("HS256 encoding of a JSON object cannot fail")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A JWT NumericDate as whole seconds (fractions are rounded, as jsonwebtoken does for `exp`).
+fn numeric_date(value: &Value) -> Option<u64> {
+    if let Some(n) = value.as_u64() {
+        return Some(n);
+    }
+    let f = value.as_f64()?;
+    (f.is_finite() && f >= 0.0 && f < u64::MAX as f64).then(|| f.round() as u64)
+}
+
+fn algorithm_name(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+    }
+}
+
+/// The header's `alg`, read without trusting anything else in the token.
+fn header_alg(token: &str) -> Result<String, TokenError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| TokenError::Malformed)?;
+    let header: Map<String, Value> =
+        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    match header.get("alg") {
+        Some(Value::String(alg)) => Ok(alg.clone()),
+        _ => Err(TokenError::Malformed),
+    }
+}
+
+/// The client's `alg` goes back into an error message: keep it short and printable.
+fn printable(alg: &str) -> String {
+    alg.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(16)
+        .collect()
+}
+
+fn map_jwt_error(kind: &ErrorKind, alg: &str) -> TokenError {
+    match kind {
+        ErrorKind::InvalidSignature | ErrorKind::Crypto(_) | ErrorKind::InvalidEcdsaKey => {
+            TokenError::BadSignature
+        }
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            TokenError::AlgorithmNotAllowed(printable(alg))
+        }
+        ErrorKind::MissingRequiredClaim(claim) if claim == "sub" => TokenError::MissingClaim("sub"),
+        ErrorKind::MissingRequiredClaim(claim) if claim == "exp" => TokenError::MissingClaim("exp"),
+        _ => TokenError::Malformed,
+    }
+}
+
+/// The DER prefix of every P-256 SubjectPublicKeyInfo with an uncompressed point: SEQUENCE,
+/// AlgorithmIdentifier { id-ecPublicKey, prime256v1 }, BIT STRING of 66 bytes, 0x04.
+const P256_SPKI_PREFIX: [u8; 27] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04,
+];
+
+/// Detects the key type of a PEM public key; `Err` is a one-line reason.
+fn public_key_from_pem(pem: &[u8]) -> Result<(Algorithm, DecodingKey), String> {
+    let text = std::str::from_utf8(pem).map_err(|_| "not a PEM file".to_owned())?;
+    let (label, der) = first_pem_block(text).ok_or("not a PEM file")?;
+    match label {
+        "RSA PUBLIC KEY" => DecodingKey::from_rsa_pem(pem)
+            .map(|key| (Algorithm::RS256, key))
+            .map_err(|e| format!("unreadable RSA public key: {e}")),
+        "PUBLIC KEY" => {
+            if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+                Ok((Algorithm::RS256, key))
+            } else if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+                Ok((Algorithm::EdDSA, key))
+            } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+                if der.starts_with(&P256_SPKI_PREFIX) {
+                    Ok((Algorithm::ES256, key))
+                } else {
+                    Err("EC public key is not on curve P-256 (only ES256 is supported)".into())
+                }
+            } else {
+                Err("public key is neither RSA, EC P-256 nor Ed25519".into())
+            }
+        }
+        label if label.contains("PRIVATE KEY") => Err(format!(
+            "holds a private key (`{label}`); give the public key (openssl pkey -pubout)"
+        )),
+        "CERTIFICATE" => Err(
+            "holds a certificate; extract its public key (openssl x509 -pubkey -noout)".into(),
+        ),
+        other => Err(format!("PEM block `{other}` is not a public key")),
+    }
+}
+
+/// The label and DER bytes of the first PEM block in `text`.
+fn first_pem_block(text: &str) -> Option<(&str, Vec<u8>)> {
+    let start = text.find("-----BEGIN ")?;
+    let rest = &text[start + "-----BEGIN ".len()..];
+    let label_end = rest.find("-----")?;
+    let label = &rest[..label_end];
+    let body = &rest[label_end + "-----".len()..];
+    let body = &body[..body.find("-----END ")?];
+    let base64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let der = STANDARD.decode(base64).ok()?;
+    Some((label, der))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::Path;
+
+    const SECRET: &str = "test-secret-for-unit-tests-only";
+
+    fn testdata(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/auth/testdata")
+            .join(name)
+    }
+
+    fn hs256_verifier(leeway: u64) -> TokenVerifier {
+        TokenVerifier::from_config(&JwtConfig {
+            secret: Some(SECRET.into()),
+            public_key_file: None,
+            leeway_seconds: leeway,
+        })
+        .unwrap()
+    }
+
+    fn key_file_verifier(public: &str) -> TokenVerifier {
+        TokenVerifier::from_config(&JwtConfig {
+            secret: None,
+            public_key_file: Some(testdata(public)),
+            leeway_seconds: 30,
+        })
+        .unwrap()
+    }
+
+    fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+        jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
+    }
+
+    fn sign_hs256(secret: &str, claims: &Value) -> String {
+        sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(secret.as_bytes()),
+            claims,
+        )
+    }
+
+    fn b64(json: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(json.to_string())
+    }
+
+    fn valid_claims() -> Value {
+        json!({"sub": "e7a0a84b161f3e8c09b4a0a2e8a58147", "exp": now() + 600, "perm": "autor",
+               "courses": {"a07535cf2f8a72df33c12ddfa4b53dde": "dozent"}})
+    }
+
+    #[test]
+    fn valid_hs256_token_yields_identity_with_all_claims() {
+        let token = sign_hs256(SECRET, &valid_claims());
+        let identity = hs256_verifier(30).verify(&token).unwrap();
+        assert_eq!(identity.user, "e7a0a84b161f3e8c09b4a0a2e8a58147");
+        assert_eq!(identity.claims["perm"], "autor");
+        assert_eq!(
+            identity.claims["courses"]["a07535cf2f8a72df33c12ddfa4b53dde"],
+            "dozent"
+        );
+        assert_eq!(Some(identity.expires_at), valid_claims()["exp"].as_u64());
+        let reparsed: Value = serde_json::from_str(&identity.claims_json).unwrap();
+        assert_eq!(reparsed, Value::Object(identity.claims.clone()));
+    }
+
+    #[test]
+    fn token_with_audience_is_accepted_because_aud_is_not_checked() {
+        let mut claims = valid_claims();
+        claims["aud"] = json!("stellwerk");
+        claims["iss"] = json!("studip");
+        let token = sign_hs256(SECRET, &claims);
+        assert!(hs256_verifier(30).verify(&token).is_ok());
+    }
+
+    #[test]
+    fn wrong_secret_is_a_bad_signature() {
+        let token = sign_hs256("some-other-secret", &valid_claims());
+        assert_eq!(
+            hs256_verifier(30).verify(&token).unwrap_err(),
+            TokenError::BadSignature
+        );
+    }
+
+    #[test]
+    fn tampered_claims_are_a_bad_signature() {
+        let token = sign_hs256(SECRET, &valid_claims());
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut claims = valid_claims();
+        claims["perm"] = json!("root");
+        let forged = format!("{}.{}.{}", parts[0], b64(&claims), parts[2]);
+        assert_eq!(
+            hs256_verifier(30).verify(&forged).unwrap_err(),
+            TokenError::BadSignature
+        );
+    }
+
+    #[test]
+    fn expired_beyond_leeway_is_refused_but_within_leeway_accepted() {
+        let verifier = hs256_verifier(30);
+        let mut claims = valid_claims();
+        claims["exp"] = json!(now() - 120);
+        let token = sign_hs256(SECRET, &claims);
+        assert_eq!(verifier.verify(&token).unwrap_err(), TokenError::Expired);
+
+        claims["exp"] = json!(now() - 5);
+        let token = sign_hs256(SECRET, &claims);
+        assert!(verifier.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn missing_exp_is_refused() {
+        let token = sign_hs256(SECRET, &json!({"sub": "u1"}));
+        assert_eq!(
+            hs256_verifier(30).verify(&token).unwrap_err(),
+            TokenError::MissingClaim("exp")
+        );
+    }
+
+    #[test]
+    fn non_numeric_exp_is_refused() {
+        let token = sign_hs256(SECRET, &json!({"sub": "u1", "exp": "tomorrow"}));
+        assert_eq!(
+            hs256_verifier(30).verify(&token).unwrap_err(),
+            TokenError::MissingClaim("exp")
+        );
+    }
+
+    #[test]
+    fn missing_empty_or_non_string_sub_is_refused() {
+        let verifier = hs256_verifier(30);
+        for claims in [
+            json!({"exp": now() + 600}),
+            json!({"sub": "", "exp": now() + 600}),
+            json!({"sub": 42, "exp": now() + 600}),
+        ] {
+            let token = sign_hs256(SECRET, &claims);
+            assert_eq!(
+                verifier.verify(&token).unwrap_err(),
+                TokenError::MissingClaim("sub"),
+                "claims {claims}"
+            );
+        }
+    }
+
+    #[test]
+    fn nbf_in_the_future_is_refused() {
+        let mut claims = valid_claims();
+        claims["nbf"] = json!(now() + 600);
+        let token = sign_hs256(SECRET, &claims);
+        assert_eq!(
+            hs256_verifier(30).verify(&token).unwrap_err(),
+            TokenError::NotYetValid
+        );
+    }
+
+    #[test]
+    fn iat_in_the_future_is_refused() {
+        let mut claims = valid_claims();
+        claims["iat"] = json!(now() + 600);
+        let token = sign_hs256(SECRET, &claims);
+        assert_eq!(
+            hs256_verifier(30).verify(&token).unwrap_err(),
+            TokenError::NotYetValid
+        );
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let header = b64(&json!({"alg": "none", "typ": "JWT"}));
+        let token = format!("{header}.{}.", b64(&valid_claims()));
+        assert_eq!(
+            hs256_verifier(30).verify(&token).unwrap_err(),
+            TokenError::AlgorithmNotAllowed("none".into())
+        );
+    }
+
+    #[test]
+    fn other_hmac_algorithm_is_refused() {
+        let token = sign(
+            Algorithm::HS512,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+            &valid_claims(),
+        );
+        assert_eq!(
+            hs256_verifier(30).verify(&token).unwrap_err(),
+            TokenError::AlgorithmNotAllowed("HS512".into())
+        );
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let verifier = hs256_verifier(30);
+        for garbage in [
+            "",
+            "garbage",
+            "a.b.c",
+            "a.b.c.d",
+            "....",
+            "eyJhbGciOiJIUzI1NiJ9",
+            &format!("{}.{}.sig", b64(&json!(["not", "an", "object"])), b64(&json!({}))),
+        ] {
+            assert_eq!(
+                verifier.verify(garbage).unwrap_err(),
+                TokenError::Malformed,
+                "token {garbage:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn correctly_signed_garbage_claims_are_malformed() {
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        for payload in ["!!!".to_owned(), b64(&json!(["not", "an", "object"]))] {
+            let message = format!("{}.{payload}", b64(&json!({"alg": "HS256"})));
+            let signature =
+                jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+            let token = format!("{message}.{signature}");
+            assert_eq!(
+                hs256_verifier(30).verify(&token).unwrap_err(),
+                TokenError::Malformed,
+                "payload {payload:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rs256_es256_and_eddsa_tokens_verify_against_their_public_key_files() {
+        let cases = [
+            ("rsa_private.pem", "rsa_public.pem", Algorithm::RS256),
+            ("ec_p256_private.pem", "ec_p256_public.pem", Algorithm::ES256),
+            ("ed25519_private.pem", "ed25519_public.pem", Algorithm::EdDSA),
+        ];
+        for (private, public, alg) in cases {
+            let pem = std::fs::read(testdata(private)).unwrap();
+            let key = match alg {
+                Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+                Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
+                _ => EncodingKey::from_ed_pem(&pem),
+            }
+            .unwrap();
+            let verifier = key_file_verifier(public);
+            assert_eq!(verifier.algorithm(), algorithm_name(alg));
+            let identity = verifier.verify(&sign(alg, &key, &valid_claims())).unwrap();
+            assert_eq!(identity.user, "e7a0a84b161f3e8c09b4a0a2e8a58147");
+
+            // The same verifier refuses a token signed by anyone else.
+            let forged = sign_hs256(SECRET, &valid_claims());
+            assert!(matches!(
+                verifier.verify(&forged),
+                Err(TokenError::AlgorithmNotAllowed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn algorithm_confusion_with_the_rsa_public_key_as_hmac_secret_is_refused() {
+        let public_pem = std::fs::read(testdata("rsa_public.pem")).unwrap();
+        let token = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(&public_pem),
+            &valid_claims(),
+        );
+        assert_eq!(
+            key_file_verifier("rsa_public.pem")
+                .verify(&token)
+                .unwrap_err(),
+            TokenError::AlgorithmNotAllowed("HS256".into())
+        );
+    }
+
+    #[test]
+    fn es256_token_is_refused_by_an_rs256_verifier() {
+        let pem = std::fs::read(testdata("ec_p256_private.pem")).unwrap();
+        let token = sign(
+            Algorithm::ES256,
+            &EncodingKey::from_ec_pem(&pem).unwrap(),
+            &valid_claims(),
+        );
+        assert_eq!(
+            key_file_verifier("rsa_public.pem")
+                .verify(&token)
+                .unwrap_err(),
+            TokenError::AlgorithmNotAllowed("ES256".into())
+        );
+    }
+
+    #[test]
+    fn key_files_that_are_not_supported_public_keys_are_refused_at_start_up() {
+        for (file, expected) in [
+            ("rsa_private.pem", "private key"),
+            ("ec_p384_public.pem", "P-256"),
+            ("does-not-exist.pem", "cannot read"),
+        ] {
+            let err = TokenVerifier::from_config(&JwtConfig {
+                secret: None,
+                public_key_file: Some(testdata(file)),
+                leeway_seconds: 30,
+            })
+            .unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains(expected), "{file}: {message}");
+            assert!(message.contains(file), "{file}: {message}");
+        }
+    }
+
+    #[test]
+    fn missing_or_ambiguous_jwt_settings_are_refused() {
+        let none = JwtConfig {
+            secret: None,
+            public_key_file: None,
+            leeway_seconds: 30,
+        };
+        assert!(matches!(
+            TokenVerifier::from_config(&none),
+            Err(AuthError::NoKey)
+        ));
+        let both = JwtConfig {
+            secret: Some(SECRET.into()),
+            public_key_file: Some(testdata("rsa_public.pem")),
+            leeway_seconds: 30,
+        };
+        assert!(matches!(
+            TokenVerifier::from_config(&both),
+            Err(AuthError::BothKeys)
+        ));
+    }
+
+    #[test]
+    fn minted_token_round_trips_with_extra_claims() {
+        let mut extra = Map::new();
+        extra.insert("perm".into(), json!("dozent"));
+        extra.insert("sub".into(), json!("ignored"));
+        let token = mint_hs256(SECRET, "u1", extra, Duration::from_secs(3600));
+        let identity = hs256_verifier(0).verify(&token).unwrap();
+        assert_eq!(identity.user, "u1");
+        assert_eq!(identity.claims["perm"], "dozent");
+        let iat = identity.claims["iat"].as_u64().unwrap();
+        assert_eq!(identity.expires_at, iat + 3600);
+    }
+
+    #[test]
+    fn refused_algorithm_is_sanitised_before_it_reaches_the_client() {
+        let header = b64(&json!({"alg": "x\n\u{1b}[31mAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}));
+        let token = format!("{header}.{}.sig", b64(&valid_claims()));
+        let TokenError::AlgorithmNotAllowed(alg) = hs256_verifier(30).verify(&token).unwrap_err()
+        else {
+            panic!("expected AlgorithmNotAllowed");
+        };
+        assert!(alg.len() <= 16 && alg.chars().all(|c| c.is_ascii_graphic()));
+    }
+}

@@ -1,0 +1,1219 @@
+//! Configuration: a TOML file, `STELLWERK_*` environment overrides, and the embedded
+//! default that needs neither.
+//!
+//! # Sources, in order
+//! 1. The defaults of the structs below ([`Config::default`]: in-memory engine,
+//!    `./plugins`, `127.0.0.1:8080`, anonymous off).
+//! 2. The TOML file, if any (`stellwerk serve --config stellwerk.toml`, or the file named
+//!    by `STELLWERK_CONFIG`; the binary resolves that, [`Config::load`] takes the path).
+//! 3. Environment variables. Every setting has one: `STELLWERK_<KEY>` for top-level keys
+//!    (`STELLWERK_LISTEN`, `STELLWERK_API_KEY`, `STELLWERK_ADMIN_TOKEN`,
+//!    `STELLWERK_ALLOW_ANONYMOUS`) and `STELLWERK_<SECTION>_<KEY>` for keys of a section
+//!    (`STELLWERK_JWT_SECRET` → `[jwt] secret`, `STELLWERK_PLUGINS_DIR` → `[plugins] dir`,
+//!    `STELLWERK_LIMITS_MAX_FRAME_BYTES` → `[limits] max_frame_bytes`). Booleans accept
+//!    `true`/`false`/`1`/`0`/`yes`/`no`/`on`/`off`.
+//!
+//! Unknown keys in the file and unknown `STELLWERK_*` variables are errors, so that a typo
+//! never passes silently. Every error is one line naming the file or variable.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use rand::RngCore as _;
+use serde::de::{self, DeserializeOwned, Visitor};
+use serde::{Deserialize, Serialize};
+
+/// The environment variable that names the config file (read by the binary, not by
+/// [`Config::load`], which skips it).
+pub const CONFIG_FILE_ENV: &str = "STELLWERK_CONFIG";
+
+/// Every `STELLWERK_*` variable starts with this.
+const ENV_PREFIX: &str = "STELLWERK_";
+
+/// `STELLWERK_*` variables that are not settings, so they are not "unknown".
+const NOT_SETTINGS: &[&str] = &[CONFIG_FILE_ENV];
+
+/// Upper bound for `jwt.leeway_seconds`: more skew than this means broken clocks, and a
+/// huge value would make every expired token valid.
+const MAX_LEEWAY_SECONDS: u64 = 3600;
+
+/// The whole broker configuration.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the public listener (HTTP API, `/ws`, `/sse`).
+    pub listen: SocketAddr,
+    /// The API key Stud.IP's PHP presents on `/api/*`.
+    pub api_key: Option<String>,
+    /// The operators' token for `/admin/*`; `None` disables the admin API.
+    pub admin_token: Option<String>,
+    /// Whether connections without a token are accepted (as user `""`).
+    pub allow_anonymous: bool,
+    /// `[jwt]`: how client tokens are verified.
+    pub jwt: JwtConfig,
+    /// `[plugins]`: where plugins live and how they are sandboxed.
+    pub plugins: PluginsConfig,
+    /// `[limits]`: sizes and counts per connection.
+    pub limits: LimitsConfig,
+    /// `[websocket]`: `/ws` timing and buffers.
+    pub websocket: WebSocketConfig,
+    /// `[sse]`: `/sse` timing.
+    pub sse: SseConfig,
+    /// `[engine]`: where offsets, epochs and history live.
+    pub engine: EngineConfig,
+}
+
+/// `[jwt]`: exactly one of `secret` (HS256) and `public_key_file` (RS256/ES256/EdDSA).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// HS256 shared secret (its UTF-8 bytes are the HMAC key).
+    pub secret: Option<String>,
+    /// PEM public key; the algorithm follows from the key type.
+    pub public_key_file: Option<PathBuf>,
+    /// Clock leeway for `exp`, `nbf` and `iat`, at most one hour.
+    pub leeway_seconds: u64,
+}
+
+/// `[plugins]`: the plugin directory and the sandbox of every plugin call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Directory watched for `*.wasm` plugins.
+    pub dir: PathBuf,
+    /// CPU deadline of one plugin call.
+    pub call_timeout_ms: u64,
+    /// Linear memory cap per plugin instance.
+    pub memory_limit_bytes: u64,
+    /// Cap on the bytes a plugin may return from one call.
+    pub max_output_bytes: u64,
+}
+
+/// `[limits]`: what one client may cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest WebSocket frame accepted (close 1009 above), at least 1024.
+    pub max_frame_bytes: usize,
+    /// Largest publish body (HTTP 413 / `too_large` above).
+    pub max_publish_bytes: usize,
+    /// Outbound queue per connection, in messages; overflow cuts the slow consumer off.
+    pub queue_capacity: usize,
+    /// Channels one connection or SSE stream may subscribe to.
+    pub max_subscriptions_per_connection: usize,
+}
+
+/// `[websocket]`: keep-alive, authentication deadline and buffer sizes of `/ws`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// How often the server pings.
+    pub ping_interval_seconds: u64,
+    /// Close (4002) when no pong arrived for this long.
+    pub pong_timeout_seconds: u64,
+    /// Close (4001) when no successful `connect` arrived for this long.
+    pub connect_timeout_seconds: u64,
+    /// Read buffer per connection; small buffers keep idle connections cheap.
+    pub read_buffer_bytes: usize,
+    /// Write buffer per connection.
+    pub write_buffer_bytes: usize,
+}
+
+/// `[sse]`: `/sse` keep-alive and reconnect hint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// Interval of `: keep-alive` comments.
+    pub keepalive_seconds: u64,
+    /// The `retry:` hint sent at the start of a stream.
+    pub retry_ms: u64,
+}
+
+/// `[engine]`: which engine keeps offsets, epochs and history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// The engine kind.
+    pub kind: EngineKind,
+}
+
+/// The engine implementations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// In this process's memory: one node, history lost on restart.
+    #[default]
+    Memory,
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EngineKind::Memory => "memory",
+        })
+    }
+}
+
+// ---- Defaults: the one place where they live. ----
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            api_key: None,
+            admin_token: None,
+            allow_anonymous: false,
+            jwt: JwtConfig::default(),
+            plugins: PluginsConfig::default(),
+            limits: LimitsConfig::default(),
+            websocket: WebSocketConfig::default(),
+            sse: SseConfig::default(),
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            secret: None,
+            public_key_file: None,
+            leeway_seconds: 30,
+        }
+    }
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: PathBuf::from("./plugins"),
+            call_timeout_ms: 100,
+            memory_limit_bytes: 64 * 1024 * 1024,
+            max_output_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: 64 * 1024,
+            max_publish_bytes: 1024 * 1024,
+            queue_capacity: 1024,
+            max_subscriptions_per_connection: 128,
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            ping_interval_seconds: 25,
+            pong_timeout_seconds: 60,
+            connect_timeout_seconds: 10,
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 4096,
+        }
+    }
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            keepalive_seconds: 15,
+            retry_ms: 3000,
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            kind: EngineKind::Memory,
+        }
+    }
+}
+
+// ---- Debug without secrets: configs end up in logs. ----
+
+struct Redacted<'a>(&'a Option<String>);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(<redacted>)"
+        } else {
+            "None"
+        })
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("api_key", &Redacted(&self.api_key))
+            .field("admin_token", &Redacted(&self.admin_token))
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("jwt", &self.jwt)
+            .field("plugins", &self.plugins)
+            .field("limits", &self.limits)
+            .field("websocket", &self.websocket)
+            .field("sse", &self.sse)
+            .field("engine", &self.engine)
+            .finish()
+    }
+}
+
+impl fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("secret", &Redacted(&self.secret))
+            .field("public_key_file", &self.public_key_file)
+            .field("leeway_seconds", &self.leeway_seconds)
+            .finish()
+    }
+}
+
+/// Why the configuration could not be loaded. `Display` is one line that names the file or
+/// variable at fault; the binary prints it and exits with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file cannot be read.
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or does not fit the settings.
+    #[error("{}: {message}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Where and what, e.g. "line 3: unknown field `lisen` in the top level, …".
+        message: String,
+    },
+    /// A `STELLWERK_*` variable is unknown or its value does not fit the setting.
+    #[error("{var}: {message}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The settings parse but do not make sense together or out of range.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// The variable or file that set the value, or `configuration` for defaults and
+        /// configs built in code.
+        origin: String,
+        /// Which setting and what is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` (if any), then every `STELLWERK_*`
+    /// variable in `env` (pass `std::env::vars()`), then validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut origins = Origins::default();
+        let mut merged = match file {
+            Some(path) => {
+                let table = read_file(path)?;
+                origins.file = Some((path.to_path_buf(), table.clone()));
+                table
+            }
+            None => toml::Table::new(),
+        };
+
+        // Last one wins for duplicate names; sorted so that the first error is stable.
+        let env: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX) && !NOT_SETTINGS.contains(&&**name))
+            .collect();
+        let schema = Schema::new();
+        for (var, raw) in env {
+            let (section, key) = schema.resolve(&var)?;
+            let value = schema.parse_env(&var, section, key, &raw)?;
+            insert(&mut merged, section, key, value);
+            origins.env.insert(setting_name(section, key), var);
+        }
+
+        let config = Config::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            ConfigError::Invalid {
+                origin: "configuration".into(),
+                message: one_line(e.message()),
+            }
+        })?;
+        config.check().map_err(|problem| problem.into_error(&origins))?;
+        Ok(config)
+    }
+
+    /// Checks the values that serde cannot: ranges and combinations. [`Config::load`] does
+    /// this already; call it for configs built in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
+            .map_err(|problem| problem.into_error(&Origins::default()))
+    }
+
+    /// Fills in what a developer on the embedded default lacks: a random API key and a
+    /// random HS256 secret where none is configured. Returns one log line per decision,
+    /// including the generated values (marked DEV ONLY), so they can be used right away.
+    pub fn fill_dev_secrets(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.api_key.is_none() {
+            let key = random_hex();
+            lines.push(format!(
+                "DEV ONLY: no api_key configured; generated a random one for this run: \
+                 STELLWERK_API_KEY={key} (set api_key or STELLWERK_API_KEY in production)"
+            ));
+            self.api_key = Some(key);
+        }
+        if self.jwt.secret.is_none() && self.jwt.public_key_file.is_none() {
+            let secret = random_hex();
+            lines.push(format!(
+                "DEV ONLY: no jwt.secret or jwt.public_key_file configured; generated a random \
+                 HS256 secret for this run: STELLWERK_JWT_SECRET={secret} (tokens from earlier \
+                 runs are invalid; configure one in production)"
+            ));
+            self.jwt.secret = Some(secret);
+        }
+        if self.admin_token.is_none() {
+            lines.push(
+                "no admin_token configured: the admin API is disabled \
+                 (set admin_token or STELLWERK_ADMIN_TOKEN to enable it)"
+                    .to_owned(),
+            );
+        }
+        lines
+    }
+
+    /// One line for the start-up log; never contains a secret.
+    pub fn summary(&self) -> String {
+        let jwt = match (&self.jwt.secret, &self.jwt.public_key_file) {
+            (Some(_), _) => "hs256 secret".to_owned(),
+            (None, Some(path)) => format!("public key file {}", path.display()),
+            (None, None) => "none".to_owned(),
+        };
+        let on_off = |b: bool| if b { "on" } else { "off" };
+        format!(
+            "listen {}, engine {}, plugins dir {}, anonymous {}, jwt {}, api key {}, admin api {}",
+            self.listen,
+            self.engine.kind,
+            self.plugins.dir.display(),
+            on_off(self.allow_anonymous),
+            jwt,
+            if self.api_key.is_some() { "set" } else { "unset" },
+            on_off(self.admin_token.is_some()),
+        )
+    }
+
+    fn check(&self) -> Result<(), Problem> {
+        for (key, value) in [
+            (("", "api_key"), &self.api_key),
+            (("", "admin_token"), &self.admin_token),
+            (("jwt", "secret"), &self.jwt.secret),
+        ] {
+            if value.as_deref() == Some("") {
+                return Err(Problem::new(&[key], "must not be empty"));
+            }
+        }
+        if self.jwt.secret.is_some() && self.jwt.public_key_file.is_some() {
+            return Err(Problem::new(
+                &[("jwt", "secret"), ("jwt", "public_key_file")],
+                "jwt.secret and jwt.public_key_file are both set; choose one \
+                 (HS256 secret or public key)",
+            ));
+        }
+        if self.jwt.leeway_seconds > MAX_LEEWAY_SECONDS {
+            return Err(Problem::new(
+                &[("jwt", "leeway_seconds")],
+                format!("must be at most {MAX_LEEWAY_SECONDS}"),
+            ));
+        }
+        if self.plugins.dir.as_os_str().is_empty() {
+            return Err(Problem::new(&[("plugins", "dir")], "must not be empty"));
+        }
+        let must_be_positive: [((&str, &str), u64); 12] = [
+            (("plugins", "call_timeout_ms"), self.plugins.call_timeout_ms),
+            (("plugins", "memory_limit_bytes"), self.plugins.memory_limit_bytes),
+            (("plugins", "max_output_bytes"), self.plugins.max_output_bytes),
+            (("limits", "max_frame_bytes"), self.limits.max_frame_bytes as u64),
+            (("limits", "max_publish_bytes"), self.limits.max_publish_bytes as u64),
+            (("limits", "queue_capacity"), self.limits.queue_capacity as u64),
+            (
+                ("limits", "max_subscriptions_per_connection"),
+                self.limits.max_subscriptions_per_connection as u64,
+            ),
+            (("websocket", "ping_interval_seconds"), self.websocket.ping_interval_seconds),
+            (("websocket", "pong_timeout_seconds"), self.websocket.pong_timeout_seconds),
+            (
+                ("websocket", "connect_timeout_seconds"),
+                self.websocket.connect_timeout_seconds,
+            ),
+            (("websocket", "read_buffer_bytes"), self.websocket.read_buffer_bytes as u64),
+            (("sse", "keepalive_seconds"), self.sse.keepalive_seconds),
+        ];
+        for (key, value) in must_be_positive {
+            if value == 0 {
+                return Err(Problem::new(&[key], "must be greater than 0"));
+            }
+        }
+        if self.limits.max_frame_bytes < 1024 {
+            return Err(Problem::new(
+                &[("limits", "max_frame_bytes")],
+                format!("must be at least 1024, got {}", self.limits.max_frame_bytes),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// 32 random bytes from the OS, hex-encoded.
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+// ---- Loading internals ----
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file_error = |e: toml::de::Error, section: Option<&str>| {
+        let mut message = String::new();
+        if let Some(span) = e.span() {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            message.push_str(&format!("line {line}: "));
+        }
+        let what = one_line(e.message());
+        match section {
+            None => message.push_str(&what),
+            Some("") => message.push_str(&insert_location(&what, "in the top level")),
+            Some(section) => message.push_str(&insert_location(&what, &format!("in [{section}]"))),
+        }
+        ConfigError::File {
+            path: path.to_path_buf(),
+            message,
+        }
+    };
+    // Syntax first, then the settings (spans of the typed parse give the line numbers).
+    let table: toml::Table = toml::from_str(&text).map_err(|e| file_error(e, None))?;
+    if let Err(e) = toml::from_str::<Config>(&text) {
+        return Err(file_error(e, Some(failing_section(&table))));
+    }
+    Ok(table)
+}
+
+/// Which section of a file that failed to deserialize is at fault (`""`: the top level).
+fn failing_section(table: &toml::Table) -> &str {
+    for (name, value) in table {
+        let fits = match name.as_str() {
+            "jwt" => JwtConfig::deserialize(value.clone()).is_ok(),
+            "plugins" => PluginsConfig::deserialize(value.clone()).is_ok(),
+            "limits" => LimitsConfig::deserialize(value.clone()).is_ok(),
+            "websocket" => WebSocketConfig::deserialize(value.clone()).is_ok(),
+            "sse" => SseConfig::deserialize(value.clone()).is_ok(),
+            "engine" => EngineConfig::deserialize(value.clone()).is_ok(),
+            _ => true,
+        };
+        if !fits && value.is_table() {
+            return name;
+        }
+    }
+    ""
+}
+
+/// Puts `location` after the first backticked name of a serde message ("unknown field
+/// `x` in [jwt], expected …"), or at its end.
+fn insert_location(message: &str, location: &str) -> String {
+    let mut ticks = message.match_indices('`');
+    if let (Some(_), Some((end, _))) = (ticks.next(), ticks.next()) {
+        format!("{} {location}{}", &message[..=end], &message[end + 1..])
+    } else {
+        format!("{message} {location}")
+    }
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn setting_name(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{section}.{key}")
+    }
+}
+
+fn insert(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    let target = if section.is_empty() {
+        table
+    } else {
+        let entry = table
+            .entry(section.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => t,
+            // The file was checked against the settings already: a section is a table.
+            _ => unreachable!("section `{section}` is a table"),
+        }
+    };
+    target.insert(key.to_owned(), value);
+}
+
+/// Where each setting came from, to name it in validation errors.
+#[derive(Default)]
+struct Origins {
+    file: Option<(PathBuf, toml::Table)>,
+    /// `section.key` → the variable that set it.
+    env: HashMap<String, String>,
+}
+
+impl Origins {
+    fn of(&self, section: &str, key: &str) -> String {
+        if let Some(var) = self.env.get(&setting_name(section, key)) {
+            return var.clone();
+        }
+        if let Some((path, table)) = &self.file {
+            let in_file = if section.is_empty() {
+                table.contains_key(key)
+            } else {
+                table
+                    .get(section)
+                    .and_then(toml::Value::as_table)
+                    .is_some_and(|t| t.contains_key(key))
+            };
+            if in_file {
+                return path.display().to_string();
+            }
+        }
+        "configuration".to_owned()
+    }
+}
+
+/// A failed check: the settings involved and what is wrong.
+struct Problem {
+    keys: Vec<(&'static str, &'static str)>,
+    message: String,
+}
+
+impl Problem {
+    fn new(keys: &[(&'static str, &'static str)], message: impl Into<String>) -> Problem {
+        Problem {
+            keys: keys.to_vec(),
+            message: message.into(),
+        }
+    }
+
+    fn into_error(self, origins: &Origins) -> ConfigError {
+        let mut sources: Vec<String> = Vec::new();
+        for (section, key) in &self.keys {
+            let origin = origins.of(section, key);
+            if !sources.contains(&origin) {
+                sources.push(origin);
+            }
+        }
+        let message = if self.keys.len() == 1 {
+            let (section, key) = self.keys[0];
+            format!("{} {}", setting_name(section, key), self.message)
+        } else {
+            self.message
+        };
+        ConfigError::Invalid {
+            origin: sources.join(" and "),
+            message,
+        }
+    }
+}
+
+/// What the environment mapping knows about the settings: their names (from the serde
+/// derives, so a new field needs no second list) and their types (from the defaults).
+struct Schema {
+    top: &'static [&'static str],
+    sections: Vec<(&'static str, &'static [&'static str])>,
+    defaults: toml::Table,
+}
+
+impl Schema {
+    fn new() -> Schema {
+        let defaults = toml::Table::try_from(Config::default())
+            .expect("the default config serialises to TOML");
+        let top = field_names::<Config>();
+        let mut sections: Vec<_> = top
+            .iter()
+            .filter_map(|&name| Some((name, section_fields(name)?)))
+            .collect();
+        // Longest section name first, so that the longest matching prefix wins.
+        sections.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+        Schema {
+            top,
+            sections,
+            defaults,
+        }
+    }
+
+    /// Maps a variable name to `(section, key)`; section `""` is the top level.
+    fn resolve(&self, var: &str) -> Result<(&'static str, &'static str), ConfigError> {
+        let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+        for (section, fields) in &self.sections {
+            if let Some(key) = rest
+                .strip_prefix(section)
+                .and_then(|r| r.strip_prefix('_'))
+            {
+                if let Some(field) = fields.iter().find(|f| **f == key) {
+                    return Ok((section, field));
+                }
+            }
+        }
+        if let Some(field) = self.top.iter().find(|f| **f == rest) {
+            if self.sections.iter().any(|(s, _)| s == field) {
+                return Err(ConfigError::Env {
+                    var: var.to_owned(),
+                    message: format!(
+                        "[{field}] is a section; set its keys as {var}_<KEY>"
+                    ),
+                });
+            }
+            return Ok(("", field));
+        }
+        let mut message = "unknown setting".to_owned();
+        if let Some(suggestion) = self.closest(var) {
+            message.push_str(&format!(" (did you mean {suggestion}?)"));
+        }
+        Err(ConfigError::Env {
+            var: var.to_owned(),
+            message,
+        })
+    }
+
+    /// Every variable name a setting answers to.
+    fn all_vars(&self) -> Vec<String> {
+        let top = self
+            .top
+            .iter()
+            .filter(|f| !self.sections.iter().any(|(s, _)| s == *f))
+            .map(|f| format!("{ENV_PREFIX}{}", f.to_ascii_uppercase()));
+        let sections = self.sections.iter().flat_map(|(s, fields)| {
+            fields
+                .iter()
+                .map(move |f| format!("{ENV_PREFIX}{}_{}", s, f).to_ascii_uppercase())
+        });
+        top.chain(sections).collect()
+    }
+
+    fn closest(&self, var: &str) -> Option<String> {
+        self.all_vars()
+            .into_iter()
+            .map(|known| (edit_distance(var, &known), known))
+            .filter(|(distance, _)| *distance <= 3)
+            .min()
+            .map(|(_, known)| known)
+    }
+
+    /// Turns the variable's text into a TOML value of the setting's type, and checks that
+    /// the setting accepts it, so that errors name the variable.
+    fn parse_env(
+        &self,
+        var: &str,
+        section: &str,
+        key: &str,
+        raw: &str,
+    ) -> Result<toml::Value, ConfigError> {
+        let env_error = |message: String| ConfigError::Env {
+            var: var.to_owned(),
+            message,
+        };
+        let default = if section.is_empty() {
+            self.defaults.get(key)
+        } else {
+            self.defaults
+                .get(section)
+                .and_then(toml::Value::as_table)
+                .and_then(|t| t.get(key))
+        };
+        let value = match default {
+            // Settings without a default are optional strings and paths.
+            None | Some(toml::Value::String(_)) => {
+                if raw.is_empty() {
+                    return Err(env_error(
+                        "empty value; unset the variable instead".to_owned(),
+                    ));
+                }
+                toml::Value::String(raw.to_owned())
+            }
+            Some(toml::Value::Integer(_)) => raw
+                .trim()
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| env_error(format!("expected an integer, got {raw:?}")))?,
+            Some(toml::Value::Boolean(_)) => {
+                toml::Value::Boolean(parse_bool(raw).ok_or_else(|| {
+                    env_error(format!("expected true or false, got {raw:?}"))
+                })?)
+            }
+            Some(_) => {
+                return Err(env_error(
+                    "this setting cannot be set from the environment".to_owned(),
+                ))
+            }
+        };
+        // Deserialize just this one setting (all others default) to check its value.
+        let mut alone = toml::Table::new();
+        insert(&mut alone, section, key, value.clone());
+        Config::deserialize(toml::Value::Table(alone))
+            .map_err(|e| env_error(one_line(e.message())))?;
+        Ok(value)
+    }
+}
+
+fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Levenshtein distance, for "did you mean" on misspelt variables.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// The fields of a section struct, by the section's name in `Config`.
+fn section_fields(section: &str) -> Option<&'static [&'static str]> {
+    Some(match section {
+        "jwt" => field_names::<JwtConfig>(),
+        "plugins" => field_names::<PluginsConfig>(),
+        "limits" => field_names::<LimitsConfig>(),
+        "websocket" => field_names::<WebSocketConfig>(),
+        "sse" => field_names::<SseConfig>(),
+        "engine" => field_names::<EngineConfig>(),
+        _ => return None,
+    })
+}
+
+/// The field names a serde-derived struct deserializes, read from the derive itself.
+fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    // Always "fails": the recorder stops as soon as the derive tells it the fields.
+    let _ = T::deserialize(FieldRecorder(&mut fields));
+    fields
+}
+
+struct FieldRecorder<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> de::Deserializer<'de> for FieldRecorder<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("only structs have field names"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(de::Error::custom("field names recorded"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A config file in a fresh temporary directory, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(contents: &str) -> TempFile {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "stellwerk-config-test-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("stellwerk.toml");
+            std::fs::write(&path, contents).unwrap();
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        }
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load(None, env(vars))
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_default() {
+        let config = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.api_key, None);
+        assert_eq!(config.admin_token, None);
+        assert!(!config.allow_anonymous);
+        assert_eq!(config.jwt.secret, None);
+        assert_eq!(config.jwt.public_key_file, None);
+        assert_eq!(config.jwt.leeway_seconds, 30);
+        assert_eq!(config.plugins.dir, Path::new("./plugins"));
+        assert_eq!(config.plugins.call_timeout_ms, 100);
+        assert_eq!(config.plugins.memory_limit_bytes, 64 << 20);
+        assert_eq!(config.plugins.max_output_bytes, 2 << 20);
+        assert_eq!(config.limits.max_frame_bytes, 65536);
+        assert_eq!(config.limits.max_publish_bytes, 1 << 20);
+        assert_eq!(config.limits.queue_capacity, 1024);
+        assert_eq!(config.limits.max_subscriptions_per_connection, 128);
+        assert_eq!(config.websocket.ping_interval_seconds, 25);
+        assert_eq!(config.websocket.pong_timeout_seconds, 60);
+        assert_eq!(config.websocket.connect_timeout_seconds, 10);
+        assert_eq!(config.websocket.read_buffer_bytes, 4096);
+        assert_eq!(config.websocket.write_buffer_bytes, 4096);
+        assert_eq!(config.sse.keepalive_seconds, 15);
+        assert_eq!(config.sse.retry_ms, 3000);
+        assert_eq!(config.engine.kind, EngineKind::Memory);
+    }
+
+    #[test]
+    fn file_settings_override_defaults_and_the_rest_stays_default() {
+        let file = TempFile::new(
+            r#"
+listen = "0.0.0.0:9000"
+api_key = "php-key"
+allow_anonymous = true
+
+[jwt]
+public_key_file = "/etc/stellwerk/jwt.pem"
+leeway_seconds = 5
+
+[limits]
+queue_capacity = 64
+
+[engine]
+kind = "memory"
+"#,
+        );
+        let config = Config::load(Some(&file.0), Vec::new()).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.api_key.as_deref(), Some("php-key"));
+        assert!(config.allow_anonymous);
+        assert_eq!(
+            config.jwt.public_key_file.as_deref(),
+            Some(Path::new("/etc/stellwerk/jwt.pem"))
+        );
+        assert_eq!(config.jwt.leeway_seconds, 5);
+        assert_eq!(config.limits.queue_capacity, 64);
+        assert_eq!(config.limits.max_frame_bytes, 65536);
+        assert_eq!(config.plugins, PluginsConfig::default());
+    }
+
+    #[test]
+    fn the_five_named_variables_set_their_settings() {
+        let config = load_env(&[
+            ("STELLWERK_LISTEN", "0.0.0.0:7000"),
+            ("STELLWERK_API_KEY", "k-123"),
+            ("STELLWERK_JWT_SECRET", "s-456"),
+            ("STELLWERK_PLUGINS_DIR", "/srv/stellwerk/plugins"),
+            ("STELLWERK_ADMIN_TOKEN", "a-789"),
+        ])
+        .unwrap();
+        assert_eq!(config.listen, "0.0.0.0:7000".parse().unwrap());
+        assert_eq!(config.api_key.as_deref(), Some("k-123"));
+        assert_eq!(config.jwt.secret.as_deref(), Some("s-456"));
+        assert_eq!(config.plugins.dir, Path::new("/srv/stellwerk/plugins"));
+        assert_eq!(config.admin_token.as_deref(), Some("a-789"));
+    }
+
+    #[test]
+    fn section_integer_and_boolean_variables_are_typed() {
+        let config = load_env(&[
+            ("STELLWERK_LIMITS_MAX_FRAME_BYTES", "2048"),
+            ("STELLWERK_WEBSOCKET_PING_INTERVAL_SECONDS", "5"),
+            ("STELLWERK_ALLOW_ANONYMOUS", "yes"),
+            ("STELLWERK_JWT_PUBLIC_KEY_FILE", "/keys/pub.pem"),
+            ("STELLWERK_ENGINE_KIND", "memory"),
+        ])
+        .unwrap();
+        assert_eq!(config.limits.max_frame_bytes, 2048);
+        assert_eq!(config.websocket.ping_interval_seconds, 5);
+        assert!(config.allow_anonymous);
+        assert_eq!(
+            config.jwt.public_key_file.as_deref(),
+            Some(Path::new("/keys/pub.pem"))
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let file = TempFile::new("listen = \"0.0.0.0:9000\"\n[limits]\nqueue_capacity = 64\n");
+        let config = Config::load(
+            Some(&file.0),
+            env(&[
+                ("STELLWERK_LIMITS_QUEUE_CAPACITY", "16"),
+                ("HOME", "/root"),
+                (CONFIG_FILE_ENV, "ignored-here.toml"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.limits.queue_capacity, 16);
+    }
+
+    #[test]
+    fn unknown_key_in_the_file_is_an_error_naming_file_key_and_line() {
+        let file = TempFile::new("# comment\nlisen = \"0.0.0.0:9000\"\n");
+        let message = Config::load(Some(&file.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with(&file.0.display().to_string()), "{message}");
+        assert!(message.contains("unknown field `lisen`"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.contains("top level"), "{message}");
+        assert!(message.contains("`listen`"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn unknown_key_in_a_section_names_the_section() {
+        let file = TempFile::new("[limits]\nqueue_capacity = 4\n\n[jwt]\nsecrte = \"x\"\n");
+        let message = Config::load(Some(&file.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("unknown field `secrte` in [jwt]"), "{message}");
+        assert!(message.contains("line 5"), "{message}");
+    }
+
+    #[test]
+    fn invalid_toml_and_wrong_types_in_the_file_are_errors() {
+        let file = TempFile::new("listen = \n");
+        let message = Config::load(Some(&file.0), Vec::new()).unwrap_err().to_string();
+        assert!(message.contains("line 1"), "{message}");
+
+        let file = TempFile::new("[limits]\nqueue_capacity = \"lots\"\n");
+        let message = Config::load(Some(&file.0), Vec::new()).unwrap_err().to_string();
+        assert!(message.contains("[limits]"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error_naming_it() {
+        let path = std::env::temp_dir().join("stellwerk-no-such-dir/stellwerk.toml");
+        let err = Config::load(Some(&path), Vec::new()).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("stellwerk-no-such-dir"));
+    }
+
+    #[test]
+    fn unknown_stellwerk_variable_is_an_error_with_a_suggestion() {
+        let message = load_env(&[("STELLWERK_LIMITS_MAX_FRAME_BYTE", "2048")])
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("STELLWERK_LIMITS_MAX_FRAME_BYTE: unknown setting"), "{message}");
+        assert!(message.contains("STELLWERK_LIMITS_MAX_FRAME_BYTES"), "{message}");
+
+        let message = load_env(&[("STELLWERK_FROBNICATE", "1")]).unwrap_err().to_string();
+        assert_eq!(message, "STELLWERK_FROBNICATE: unknown setting");
+
+        let message = load_env(&[("STELLWERK_JWT", "x")]).unwrap_err().to_string();
+        assert!(message.starts_with("STELLWERK_JWT: [jwt] is a section"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_in_variables_are_errors_naming_the_variable() {
+        let message = load_env(&[("STELLWERK_LIMITS_QUEUE_CAPACITY", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "STELLWERK_LIMITS_QUEUE_CAPACITY: expected an integer, got \"lots\""
+        );
+        for (var, value) in [
+            ("STELLWERK_LIMITS_QUEUE_CAPACITY", "-1"),
+            ("STELLWERK_LISTEN", "localhost"),
+            ("STELLWERK_ALLOW_ANONYMOUS", "maybe"),
+            ("STELLWERK_ENGINE_KIND", "redis"),
+            ("STELLWERK_API_KEY", ""),
+        ] {
+            let message = load_env(&[(var, value)]).unwrap_err().to_string();
+            assert!(message.starts_with(&format!("{var}: ")), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_setting_and_its_source() {
+        let message = load_env(&[("STELLWERK_LIMITS_QUEUE_CAPACITY", "0")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "STELLWERK_LIMITS_QUEUE_CAPACITY: limits.queue_capacity must be greater than 0"
+        );
+
+        let file = TempFile::new("[limits]\nmax_frame_bytes = 512\n");
+        let message = Config::load(Some(&file.0), Vec::new()).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            format!(
+                "{}: limits.max_frame_bytes must be at least 1024, got 512",
+                file.0.display()
+            )
+        );
+
+        let file = TempFile::new("[jwt]\npublic_key_file = \"/keys/pub.pem\"\n");
+        let err = Config::load(Some(&file.0), env(&[("STELLWERK_JWT_SECRET", "s")])).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("STELLWERK_JWT_SECRET"), "{message}");
+        assert!(message.contains(&file.0.display().to_string()), "{message}");
+        assert!(message.contains("both set"), "{message}");
+
+        let message = load_env(&[("STELLWERK_JWT_LEEWAY_SECONDS", "99999999999")])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("jwt.leeway_seconds must be at most"), "{message}");
+    }
+
+    #[test]
+    fn every_section_of_the_config_is_reachable_from_the_environment() {
+        let schema = Schema::new();
+        let defaults = &schema.defaults;
+        for (name, value) in defaults {
+            if value.is_table() {
+                assert!(
+                    schema.sections.iter().any(|(s, _)| s == name),
+                    "section [{name}] has no entry in section_fields"
+                );
+            }
+        }
+        let vars = schema.all_vars();
+        for expected in [
+            "STELLWERK_LISTEN",
+            "STELLWERK_API_KEY",
+            "STELLWERK_ADMIN_TOKEN",
+            "STELLWERK_ALLOW_ANONYMOUS",
+            "STELLWERK_JWT_SECRET",
+            "STELLWERK_JWT_PUBLIC_KEY_FILE",
+            "STELLWERK_PLUGINS_DIR",
+            "STELLWERK_SSE_RETRY_MS",
+            "STELLWERK_ENGINE_KIND",
+        ] {
+            assert!(vars.iter().any(|v| v == expected), "{expected} missing");
+        }
+        // Every variable the schema lists is accepted by `load` (values typed by default).
+        let sample: Vec<(String, String)> = vars
+            .iter()
+            .map(|var| {
+                let value = match var.as_str() {
+                    "STELLWERK_LISTEN" => "127.0.0.1:0",
+                    "STELLWERK_ALLOW_ANONYMOUS" => "true",
+                    "STELLWERK_ENGINE_KIND" => "memory",
+                    "STELLWERK_JWT_PUBLIC_KEY_FILE" => "/keys/pub.pem",
+                    "STELLWERK_JWT_LEEWAY_SECONDS" => "60",
+                    v if v.ends_with("_KEY") || v.ends_with("_TOKEN") || v.ends_with("_DIR") => "x",
+                    _ => "4096",
+                };
+                (var.clone(), value.to_owned())
+            })
+            .filter(|(var, _)| var != "STELLWERK_JWT_SECRET")
+            .collect();
+        let config = Config::load(None, sample).unwrap();
+        assert_eq!(config.sse.retry_ms, 4096);
+        assert_eq!(config.limits.max_subscriptions_per_connection, 4096);
+    }
+
+    #[test]
+    fn fill_dev_secrets_generates_only_what_is_missing() {
+        let mut config = Config::default();
+        let lines = config.fill_dev_secrets();
+        let api_key = config.api_key.clone().unwrap();
+        let secret = config.jwt.secret.clone().unwrap();
+        assert_eq!(api_key.len(), 64);
+        assert_ne!(api_key, secret);
+        assert_eq!(config.admin_token, None);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].contains("DEV ONLY") && lines[0].contains(&api_key));
+        assert!(lines[1].contains("DEV ONLY") && lines[1].contains(&secret));
+        assert!(lines[2].contains("admin API is disabled"));
+        config.validate().unwrap();
+
+        let mut configured = Config {
+            api_key: Some("php-key".into()),
+            admin_token: Some("admin".into()),
+            jwt: JwtConfig {
+                public_key_file: Some("/keys/pub.pem".into()),
+                ..JwtConfig::default()
+            },
+            ..Config::default()
+        };
+        let before = configured.clone();
+        assert!(configured.fill_dev_secrets().is_empty());
+        assert_eq!(configured, before);
+    }
+
+    #[test]
+    fn summary_and_debug_never_show_secrets() {
+        let config = Config {
+            api_key: Some("php-key-secret".into()),
+            admin_token: Some("admin-token-secret".into()),
+            jwt: JwtConfig {
+                secret: Some("jwt-secret-secret".into()),
+                ..JwtConfig::default()
+            },
+            ..Config::default()
+        };
+        let summary = config.summary();
+        assert!(summary.contains("127.0.0.1:8080"), "{summary}");
+        assert!(summary.contains("engine memory"), "{summary}");
+        assert!(summary.contains("./plugins"), "{summary}");
+        assert!(summary.contains("anonymous off"), "{summary}");
+        assert!(summary.contains("hs256 secret"), "{summary}");
+        assert!(!summary.contains('\n'));
+        let debug = format!("{config:?}");
+        for text in [&summary, &debug] {
+            assert!(!text.contains("-secret"), "{text}");
+        }
+    }
+}

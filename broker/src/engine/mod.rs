@@ -1,0 +1,76 @@
+//! Where publications get their place in a channel: per-channel `epoch` and
+//! monotonically increasing `offset`, history, and (later) cross-node fan-out.
+//!
+//! The hub talks to an [`Engine`] only through this trait, so that a Redis
+//! engine can sit beside [`MemoryEngine`] without the hub changing. An engine
+//! hands every publication, in offset order per channel, to its [`Sink`] (the
+//! hub), whichever node it was published on.
+
+mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::channel::ChannelName;
+
+pub(crate) use memory::MemoryEngine;
+
+/// A channel's position: the stream generation and the latest offset in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub(crate) epoch: Arc<str>,
+    pub(crate) offset: u64,
+}
+
+/// One message with its place in its channel.
+#[derive(Debug, Clone)]
+pub(crate) struct Publication {
+    pub(crate) channel: ChannelName,
+    pub(crate) epoch: Arc<str>,
+    pub(crate) offset: u64,
+    /// The message data as JSON text (already validated).
+    pub(crate) data: Arc<str>,
+}
+
+/// How much history a channel keeps (from its plugin's channel options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HistoryPolicy {
+    pub(crate) size: usize,
+    pub(crate) ttl: Duration,
+}
+
+/// Receives every publication, in offset order per channel.
+pub(crate) trait Sink: Send + Sync {
+    fn deliver(&self, publication: &Publication);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EngineError {
+    /// The backing store could not be reached (not possible in memory).
+    #[allow(dead_code)]
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub(crate) type EngineFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, EngineError>> + Send + 'a>>;
+
+/// Called with the channel's position at the instant a subscriber is attached.
+pub(crate) type Attach<'a> = Box<dyn FnOnce(&Position) + Send + 'a>;
+
+pub(crate) trait Engine: Send + Sync {
+    /// Gives `data` the next offset of `channel`, keeps it in history as
+    /// `history` says, and hands it to the sink before returning.
+    fn publish<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        data: Arc<str>,
+        history: HistoryPolicy,
+    ) -> EngineFuture<'a, Position>;
+
+    /// Runs `attach` with the channel's latest position such that no
+    /// publication of the channel is delivered between reading the position
+    /// and `attach` returning: every later publication has a larger offset.
+    fn attach<'a>(&'a self, channel: &'a ChannelName, attach: Attach<'a>) -> EngineFuture<'a, Position>;
+}

@@ -1,0 +1,372 @@
+//! Subscriptions and fan-out.
+//!
+//! The hub asks the governing plugin before anything is subscribed or
+//! published, hands publications to the engine, and receives them back (as the
+//! engine's [`Sink`]) to fan them out. Each publication is serialised once into
+//! a shared [`Push`]; every subscriber's bounded queue gets a pointer to it. A
+//! subscriber whose queue is full is cut off, never waited for.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{mpsc, Notify};
+
+use crate::auth::Identity;
+use crate::channel::ChannelName;
+use crate::engine::{Engine, HistoryPolicy, Position, Publication, Sink};
+use crate::plugins::{Governor, PublishSource, PublishVerdict, Registry, SubscribeVerdict};
+use crate::protocol::{self, ErrorCode, Refusal};
+
+const SHARDS: usize = 64;
+
+/// One message as every subscriber of its channel receives it.
+#[derive(Debug)]
+pub(crate) struct Push {
+    pub(crate) channel: ChannelName,
+    pub(crate) epoch: Arc<str>,
+    pub(crate) offset: u64,
+    /// The complete `{"type":"message",…}` JSON, shared, never copied per subscriber.
+    pub(crate) frame: Utf8Bytes,
+}
+
+/// Why the hub cut a connection off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CutOff {
+    /// The outbound queue overflowed: the client does not read fast enough.
+    SlowConsumer,
+}
+
+impl CutOff {
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Self::SlowConsumer => "slow consumer: outbound queue overflowed",
+        }
+    }
+}
+
+/// Limits the hub enforces per connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HubLimits {
+    pub(crate) queue_capacity: usize,
+    pub(crate) max_subscriptions: usize,
+}
+
+/// A subscriber as the hub sees it (a WebSocket or an SSE stream).
+#[derive(Debug)]
+pub(crate) struct Connection {
+    id: u64,
+    identity: Option<Identity>,
+    queue: mpsc::Sender<Arc<Push>>,
+    channels: Mutex<HashSet<ChannelName>>,
+    cut_off: OnceLock<CutOff>,
+    cut_off_signal: Notify,
+}
+
+impl Connection {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// Resolves once the hub has cut this connection off, with the reason.
+    pub(crate) async fn cut_off(&self) -> CutOff {
+        loop {
+            if let Some(reason) = self.cut_off.get() {
+                return *reason;
+            }
+            self.cut_off_signal.notified().await;
+        }
+    }
+
+    fn cut(&self, reason: CutOff) {
+        if self.cut_off.set(reason).is_ok() {
+            self.cut_off_signal.notify_one();
+        }
+    }
+
+    fn is_subscribed(&self, channel: &ChannelName) -> bool {
+        lock(&self.channels).contains(channel)
+    }
+}
+
+/// Cheap-to-clone handle to the hub.
+#[derive(Clone)]
+pub(crate) struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[Mutex<HashMap<ChannelName, HashMap<u64, Arc<Connection>>>>]>,
+    hasher: RandomState,
+    engine: Arc<dyn Engine>,
+    registry: Arc<Registry>,
+    limits: HubLimits,
+    next_id: AtomicU64,
+    connections: AtomicUsize,
+}
+
+/// Removes the connection's subscriptions when its transport drops it.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    connection: Arc<Connection>,
+    hub: Weak<Inner>,
+}
+
+impl std::ops::Deref for Registration {
+    type Target = Arc<Connection>;
+    fn deref(&self) -> &Arc<Connection> {
+        &self.connection
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(inner) = self.hub.upgrade() {
+            inner.connections.fetch_sub(1, Ordering::Relaxed);
+            let channels: Vec<ChannelName> = lock(&self.connection.channels).drain().collect();
+            for channel in channels {
+                inner.detach(&channel, self.connection.id);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// Builds the hub and its engine; the engine gets the hub as its sink.
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        limits: HubLimits,
+        engine: impl FnOnce(Weak<dyn Sink>) -> Arc<dyn Engine>,
+    ) -> Hub {
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let sink: Weak<dyn Sink> = weak.clone();
+            Inner {
+                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                hasher: RandomState::new(),
+                engine: engine(sink),
+                registry,
+                limits,
+                next_id: AtomicU64::new(1),
+                connections: AtomicUsize::new(0),
+            }
+        });
+        Hub { inner }
+    }
+
+    /// Number of live connections (WebSocket and SSE).
+    pub(crate) fn connection_count(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    /// Registers an authenticated (or anonymous) connection. Its pushes
+    /// arrive on the returned receiver; dropping the registration ends all
+    /// its subscriptions.
+    pub(crate) fn register(&self, identity: Option<Identity>) -> (Registration, mpsc::Receiver<Arc<Push>>) {
+        let (queue, receiver) = mpsc::channel(self.inner.limits.queue_capacity);
+        let connection = Arc::new(Connection {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            identity,
+            queue,
+            channels: Mutex::new(HashSet::new()),
+            cut_off: OnceLock::new(),
+            cut_off_signal: Notify::new(),
+        });
+        self.inner.connections.fetch_add(1, Ordering::Relaxed);
+        let registration = Registration {
+            connection,
+            hub: Arc::downgrade(&self.inner),
+        };
+        (registration, receiver)
+    }
+
+    /// Subscribes after the governing plugin allowed it. Returns the
+    /// channel's position at the moment the subscription went live.
+    pub(crate) async fn subscribe(&self, connection: &Arc<Connection>, channel: &ChannelName) -> Result<Position, Refusal> {
+        if connection.is_subscribed(channel) {
+            return Err(Refusal::bad_request(format!("already subscribed to `{channel}`")));
+        }
+        let max = self.inner.limits.max_subscriptions;
+        if lock(&connection.channels).len() >= max {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("subscription limit reached ({max} per connection)"),
+            ));
+        }
+        let governor = self.governor(channel)?;
+        match governor.authorize_subscribe(channel, connection.identity()) {
+            SubscribeVerdict::Allow { .. } => {}
+            SubscribeVerdict::Deny { reason } => return Err(Refusal::new(ErrorCode::Forbidden, reason)),
+            SubscribeVerdict::Fault => return Err(plugin_fault(&governor)),
+        }
+        let attach_to = connection.clone();
+        let position = self
+            .inner
+            .engine
+            .attach(
+                channel,
+                Box::new(|_| {
+                    self.inner
+                        .shard(channel)
+                        .entry(channel.clone())
+                        .or_default()
+                        .insert(attach_to.id, attach_to);
+                }),
+            )
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+        lock(&connection.channels).insert(channel.clone());
+        Ok(position)
+    }
+
+    /// Ends a subscription; unsubscribing from a channel one is not
+    /// subscribed to is not an error (the outcome is the same).
+    pub(crate) fn unsubscribe(&self, connection: &Connection, channel: &ChannelName) {
+        if lock(&connection.channels).remove(channel) {
+            self.inner.detach(channel, connection.id);
+        }
+    }
+
+    /// Publishes `data` (JSON text) to every channel, or to none: each
+    /// channel's plugin is asked first, and one refusal refuses them all.
+    pub(crate) async fn publish(
+        &self,
+        channels: &[ChannelName],
+        data: &str,
+        source: PublishSource,
+        identity: Option<&Identity>,
+    ) -> Result<Vec<Position>, Refusal> {
+        let data = single_line(data);
+        let mut approved = Vec::with_capacity(channels.len());
+        for channel in channels {
+            let governor = self.governor(channel)?;
+            if source == PublishSource::Client && !governor.options().client_publish {
+                return Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    format!("clients may not publish on `{}` channels", channel.namespace()),
+                ));
+            }
+            let data: Arc<str> = match governor.on_publish(channel, &data, source, identity) {
+                PublishVerdict::Allow => Arc::from(&*data),
+                PublishVerdict::Replace(replaced) => Arc::from(single_line(&replaced)),
+                PublishVerdict::Deny { reason } => return Err(Refusal::new(ErrorCode::Forbidden, reason)),
+                PublishVerdict::Fault => return Err(plugin_fault(&governor)),
+            };
+            let options = governor.options();
+            let history = HistoryPolicy {
+                size: options.history_size as usize,
+                ttl: options.history_ttl,
+            };
+            approved.push((channel, data, history));
+        }
+        let mut positions = Vec::with_capacity(approved.len());
+        for (channel, data, history) in approved {
+            let position = self
+                .inner
+                .engine
+                .publish(channel, data, history)
+                .await
+                .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+            positions.push(position);
+        }
+        Ok(positions)
+    }
+
+    fn governor(&self, channel: &ChannelName) -> Result<Governor, Refusal> {
+        self.inner.registry.governing(channel.namespace()).ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::NotFound,
+                format!("no plugin governs the namespace `{}`", channel.namespace()),
+            )
+        })
+    }
+}
+
+/// Parses a channel name from a client or the API; a bad one is `bad_request`.
+pub(crate) fn parse_channel(name: &str) -> Result<ChannelName, Refusal> {
+    ChannelName::parse(name).map_err(|e| Refusal::bad_request(format!("invalid channel `{name}`: {e}")))
+}
+
+/// JSON without line breaks. Pushes are `\n`-separated in batched frames
+/// and SSE `data:` lines, and in valid JSON a line break can only be
+/// insignificant whitespace (inside strings it is escaped), so dropping them
+/// changes nothing but the layout of pretty-printed input.
+fn single_line(json: &str) -> std::borrow::Cow<'_, str> {
+    if json.contains(['\n', '\r']) {
+        std::borrow::Cow::Owned(json.replace(['\n', '\r'], ""))
+    } else {
+        std::borrow::Cow::Borrowed(json)
+    }
+}
+
+fn plugin_fault(governor: &Governor) -> Refusal {
+    Refusal::new(
+        ErrorCode::Internal,
+        format!("plugin `{}` failed; request refused", governor.plugin_name()),
+    )
+}
+
+impl Inner {
+    fn shard(&self, channel: &ChannelName) -> std::sync::MutexGuard<'_, HashMap<ChannelName, HashMap<u64, Arc<Connection>>>> {
+        let i = self.hasher.hash_one(channel) as usize % self.shards.len();
+        lock(&self.shards[i])
+    }
+
+    fn detach(&self, channel: &ChannelName, connection: u64) {
+        let mut shard = self.shard(channel);
+        if let Some(subscribers) = shard.get_mut(channel) {
+            subscribers.remove(&connection);
+            if subscribers.is_empty() {
+                shard.remove(channel);
+            }
+        }
+    }
+}
+
+impl Sink for Inner {
+    fn deliver(&self, publication: &Publication) {
+        let push = Arc::new(Push {
+            channel: publication.channel.clone(),
+            epoch: publication.epoch.clone(),
+            offset: publication.offset,
+            frame: Utf8Bytes::from(protocol::message_push(
+                publication.channel.as_str(),
+                &publication.epoch,
+                publication.offset,
+                &publication.data,
+            )),
+        });
+        let mut overflowed = Vec::new();
+        {
+            let shard = self.shard(&publication.channel);
+            let Some(subscribers) = shard.get(&publication.channel) else {
+                return;
+            };
+            for connection in subscribers.values() {
+                if let Err(mpsc::error::TrySendError::Full(_)) = connection.queue.try_send(push.clone()) {
+                    overflowed.push(connection.clone());
+                }
+            }
+        }
+        for connection in overflowed {
+            connection.cut(CutOff::SlowConsumer);
+        }
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: the hub's maps stay consistent across
+/// a panic because every critical section is a single insert or remove.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

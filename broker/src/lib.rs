@@ -1,0 +1,32 @@
+//! Stellwerk: the realtime broker for Stud.IP.
+//!
+//! PHP publishes over HTTP, browsers subscribe over WebSocket or Server-Sent
+//! Events, and a WebAssembly plugin per channel namespace decides who may
+//! subscribe or publish and what each subscriber sees.
+//!
+//! # Layout
+//! Modules in the order a message flows through them:
+//! - [`config`]: the TOML file, `STELLWERK_*` overrides and the embedded default.
+//! - `auth`: JWT identities for clients, the API key for Stud.IP's PHP.
+//! - `channel`: channel names (`namespace:rest`), validated at the edge.
+//! - `api`: `POST /api/publish` and the health endpoints.
+//! - `transport`: WebSocket (`/ws`) and SSE (`/sse`) connections.
+//! - `protocol`: the JSON frames of wire contract v1.
+//! - `hub`: subscriptions, fan-out and bounded per-connection queues; asks
+//!   `plugins` before anything is subscribed or published.
+//! - `plugins`: the wasmtime host that runs the channel plugins.
+//! - `engine`: offsets, epochs and history per channel (in memory for now).
+//! - `server`: wires it all together and runs until shutdown.
+
+pub mod auth;
+pub(crate) mod api;
+pub(crate) mod channel;
+pub mod config;
+pub(crate) mod engine;
+pub(crate) mod hub;
+pub(crate) mod plugins;
+pub(crate) mod protocol;
+mod server;
+pub(crate) mod transport;
+
+pub use server::{run, ServeError};

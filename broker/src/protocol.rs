@@ -1,0 +1,246 @@
+//! The JSON frames of wire contract v1 (`docs/protocol.md`).
+//!
+//! Inbound frames are parsed leniently enough to find an `id` for the error
+//! reply; outbound frames are built as text once and shared.
+
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+/// Error codes of the wire contract; also the `code` of HTTP API errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    #[allow(dead_code)] // reserved for command floods (docs/protocol.md)
+    RateLimited,
+    TooLarge,
+    Internal,
+}
+
+impl ErrorCode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::RateLimited => "rate_limited",
+            Self::TooLarge => "too_large",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// A refusal with a code and a message for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+}
+
+/// A command a WebSocket client sent, with its `id`.
+#[derive(Debug)]
+pub(crate) struct Command {
+    pub(crate) id: u64,
+    pub(crate) kind: CommandKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum CommandKind {
+    Connect {
+        token: Option<String>,
+        batch: bool,
+    },
+    Subscribe {
+        channel: String,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    Publish {
+        channel: String,
+        data: Box<RawValue>,
+    },
+    Ping,
+}
+
+/// Every field any command may carry; unknown fields are ignored so that
+/// newer clients keep working against this broker.
+#[derive(Deserialize)]
+struct RawCommand {
+    id: Option<Value>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    channel: Option<String>,
+    token: Option<String>,
+    batch: Option<bool>,
+    data: Option<Box<RawValue>>,
+}
+
+/// Why a frame could not become a [`Command`]: the refusal plus the `id`, if
+/// one could be read, for the reply.
+#[derive(Debug)]
+pub(crate) struct FrameError {
+    pub(crate) id: Option<u64>,
+    pub(crate) refusal: Refusal,
+}
+
+impl Command {
+    pub(crate) fn parse(text: &str) -> Result<Command, FrameError> {
+        let raw: RawCommand = serde_json::from_str(text).map_err(|e| FrameError {
+            id: None,
+            refusal: Refusal::bad_request(if e.is_data() {
+                "frame must be a JSON object with fields of the right types".to_string()
+            } else {
+                format!("malformed JSON: {e}")
+            }),
+        })?;
+        let id = match raw.id {
+            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or_default(),
+            _ => {
+                return Err(FrameError {
+                    id: None,
+                    refusal: Refusal::bad_request("every command needs a numeric `id`"),
+                })
+            }
+        };
+        let refuse = |message: &str| FrameError {
+            id: Some(id),
+            refusal: Refusal::bad_request(message),
+        };
+        let channel = |raw_channel: Option<String>| raw_channel.ok_or_else(|| refuse("`channel` is missing"));
+        let kind = match raw.kind.as_deref() {
+            Some("connect") => CommandKind::Connect {
+                token: raw.token,
+                batch: raw.batch.unwrap_or(false),
+            },
+            Some("subscribe") => CommandKind::Subscribe {
+                channel: channel(raw.channel)?,
+            },
+            Some("unsubscribe") => CommandKind::Unsubscribe {
+                channel: channel(raw.channel)?,
+            },
+            Some("publish") => CommandKind::Publish {
+                channel: channel(raw.channel)?,
+                data: raw.data.ok_or_else(|| refuse("`data` is missing"))?,
+            },
+            Some("ping") => CommandKind::Ping,
+            Some(other) => return Err(refuse(&format!("unknown command type `{other}`"))),
+            None => return Err(refuse("`type` is missing")),
+        };
+        Ok(Command { id, kind })
+    }
+}
+
+/// `{"id":N,"type":"error","code":…,"message":…}`; without `id` when none was readable.
+pub(crate) fn error_reply(id: Option<u64>, refusal: &Refusal) -> String {
+    let mut reply = json!({
+        "type": "error",
+        "code": refusal.code.as_str(),
+        "message": refusal.message,
+    });
+    if let Some(id) = id {
+        reply["id"] = json!(id);
+    }
+    reply.to_string()
+}
+
+/// `{"type":"disconnect","code":…,"reason":…}`, pushed right before a close.
+pub(crate) fn disconnect_push(code: u16, reason: &str) -> String {
+    json!({"type": "disconnect", "code": code, "reason": reason}).to_string()
+}
+
+/// The message push, built once per publication and shared by every
+/// subscriber. Channel names and epochs never need JSON escaping (their
+/// alphabets exclude `"` and `\`), and `data` is already validated JSON.
+pub(crate) fn message_push(channel: &str, epoch: &str, offset: u64, data: &str) -> String {
+    let mut frame = String::with_capacity(64 + channel.len() + epoch.len() + data.len());
+    frame.push_str(r#"{"type":"message","channel":""#);
+    frame.push_str(channel);
+    frame.push_str(r#"","epoch":""#);
+    frame.push_str(epoch);
+    frame.push_str(r#"","offset":"#);
+    let _ = write!(frame, "{offset}");
+    frame.push_str(r#","data":"#);
+    frame.push_str(data);
+    frame.push('}');
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_command() {
+        let c = Command::parse(r#"{"id":1,"type":"connect","token":"t","batch":true}"#).unwrap();
+        assert_eq!(c.id, 1);
+        assert!(matches!(c.kind, CommandKind::Connect { token: Some(t), batch: true } if t == "t"));
+        let c = Command::parse(r#"{"id":2,"type":"subscribe","channel":"public:x"}"#).unwrap();
+        assert!(matches!(c.kind, CommandKind::Subscribe { channel } if channel == "public:x"));
+        let c = Command::parse(r#"{"id":4,"type":"publish","channel":"c:x","data":{"a":[1,2]}}"#)
+            .unwrap();
+        match c.kind {
+            CommandKind::Publish { data, .. } => assert_eq!(data.get(), r#"{"a":[1,2]}"#),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_frames_keep_the_id_when_readable() {
+        let e = Command::parse("{not json").unwrap_err();
+        assert_eq!(e.id, None);
+        assert_eq!(e.refusal.code, ErrorCode::BadRequest);
+        let e = Command::parse("[1,2]").unwrap_err();
+        assert_eq!(e.id, None);
+        let e = Command::parse(r#"{"id":"7","type":"ping"}"#).unwrap_err();
+        assert_eq!(e.id, None);
+        let e = Command::parse(r#"{"id":7,"type":"dance"}"#).unwrap_err();
+        assert_eq!(e.id, Some(7));
+        assert!(e.refusal.message.contains("dance"));
+        let e = Command::parse(r#"{"id":8,"type":"subscribe"}"#).unwrap_err();
+        assert_eq!(e.id, Some(8));
+        let e = Command::parse(r#"{"id":9,"type":"publish","channel":"a:b"}"#).unwrap_err();
+        assert_eq!(e.id, Some(9));
+    }
+
+    #[test]
+    fn message_push_is_valid_json() {
+        let frame = message_push("public:news", "a1b2", 13, r#"{"t":"x\"y"}"#);
+        let v: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"message","channel":"public:news","epoch":"a1b2","offset":13,"data":{"t":"x\"y"}})
+        );
+    }
+
+    #[test]
+    fn error_reply_shape() {
+        let r = error_reply(Some(3), &Refusal::new(ErrorCode::NotFound, "no plugin"));
+        let v: Value = serde_json::from_str(&r).unwrap();
+        assert_eq!(
+            v,
+            json!({"id":3,"type":"error","code":"not_found","message":"no plugin"})
+        );
+        let r = error_reply(None, &Refusal::bad_request("x"));
+        assert!(serde_json::from_str::<Value>(&r).unwrap().get("id").is_none());
+    }
+}

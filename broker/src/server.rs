@@ -1,0 +1,127 @@
+//! Wires config, auth, plugins, engine, hub and transports together and
+//! serves until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::{ApiKey, AuthError, TokenVerifier};
+use crate::config::Config;
+use crate::engine::{Engine, MemoryEngine};
+use crate::hub::{Hub, HubLimits};
+use crate::plugins::{PluginError, PluginLimits, Registry};
+use crate::{api, transport};
+
+/// Why the server could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("no API key configured (set api_key or STELLWERK_API_KEY)")]
+    MissingApiKey,
+    #[error("token verification: {0}")]
+    Auth(#[from] AuthError),
+    /// A plugin failed to load (the message names the file and why).
+    #[error("plugins: {0}")]
+    Plugins(String),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What every request handler can reach.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) hub: Hub,
+    pub(crate) config: Arc<Config>,
+    pub(crate) verifier: Arc<TokenVerifier>,
+    pub(crate) api_key: Arc<ApiKey>,
+    /// Flips to `true` once shutdown begins; sessions close with 1001.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Random per process, so that client ids are unique across restarts and nodes.
+    node: Arc<str>,
+}
+
+impl AppState {
+    /// The `client` id reported in `connected`.
+    pub(crate) fn client_id(&self, connection: u64) -> String {
+        format!("{}-{connection}", self.node)
+    }
+}
+
+/// How long open connections get to say goodbye after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Loads the plugins, then serves on `listener` until `shutdown` resolves.
+///
+/// `config` must be complete: dev secrets are filled in by the caller (the
+/// binary does it, so that it can log them).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let api_key = config.api_key.clone().ok_or(ServeError::MissingApiKey)?;
+    let verifier = TokenVerifier::from_config(&config.jwt)?;
+    let limits = PluginLimits {
+        call_timeout: Duration::from_millis(config.plugins.call_timeout_ms),
+        memory_limit_bytes: usize::try_from(config.plugins.memory_limit_bytes).unwrap_or(usize::MAX),
+        max_output_bytes: usize::try_from(config.plugins.max_output_bytes).unwrap_or(usize::MAX),
+    };
+    let dir = config.plugins.dir.clone();
+    // Compiling components is CPU-heavy and blocking: keep it off the reactor.
+    let registry = tokio::task::spawn_blocking(move || Registry::load_dir(&dir, limits))
+        .await
+        .map_err(|e| std::io::Error::other(format!("plugin loader panicked: {e}")))?
+        .map_err(|e: PluginError| ServeError::Plugins(e.to_string()))?;
+    for plugin in registry.list() {
+        tracing::info!(
+            plugin = %plugin.name,
+            version = %plugin.version,
+            namespaces = ?plugin.namespaces,
+            sha256 = %plugin.sha256,
+            "plugin loaded"
+        );
+    }
+    let hub = Hub::new(
+        Arc::new(registry),
+        HubLimits {
+            queue_capacity: config.limits.queue_capacity,
+            max_subscriptions: config.limits.max_subscriptions_per_connection,
+        },
+        |sink| -> Arc<dyn Engine> { Arc::new(MemoryEngine::new(sink)) },
+    );
+    let (stop, stopped) = watch::channel(false);
+    let app = AppState {
+        hub: hub.clone(),
+        config: Arc::new(config),
+        verifier: Arc::new(verifier),
+        api_key: Arc::new(ApiKey::new(api_key)),
+        shutdown: stopped,
+        node: Arc::from(format!("{:08x}", rand::random::<u32>())),
+    };
+    let router = Router::new()
+        .route("/ws", get(transport::ws::upgrade))
+        .route("/sse", get(transport::sse::stream))
+        .route("/api/publish", post(api::publish))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .with_state(app);
+
+    tracing::info!("listening on http://{}", listener.local_addr()?);
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    };
+    axum::serve(listener, router).with_graceful_shutdown(signal).await?;
+    // Upgraded connections are not tracked by the HTTP server; give them a
+    // moment to send their close frames.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

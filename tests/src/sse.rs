@@ -1,0 +1,160 @@
+//! A Server-Sent Events client that parses the stream the way `EventSource` does, but keeps
+//! what a browser hides (comments, `retry:`) so the tests can check them.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use serde_json::Value;
+
+use crate::RECV_TIMEOUT;
+
+/// One block of the stream, up to a blank line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    /// `event:`; `None` means the default type (`message` for a browser).
+    pub event: Option<String>,
+    /// All `data:` lines joined with `\n`.
+    pub data: String,
+    pub id: Option<String>,
+    pub retry: Option<u64>,
+    /// Comment lines (`: keep-alive`), without the colon.
+    pub comments: Vec<String>,
+}
+
+impl SseEvent {
+    /// `data:` parsed as JSON; fails the test if it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {:?}", self.data))
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Vec<u8>>> + Send>>;
+
+/// An open event stream.
+pub struct SseStream {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: ByteStream,
+    buf: Vec<u8>,
+    current: SseEvent,
+    data_lines: Vec<String>,
+    events: VecDeque<SseEvent>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for SseStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseStream")
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+impl SseStream {
+    pub fn new(resp: reqwest::Response) -> Self {
+        Self {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            body: Box::pin(resp.bytes_stream().map(|r| r.map(|b| b.to_vec()))),
+            buf: Vec::new(),
+            current: SseEvent::default(),
+            data_lines: Vec::new(),
+            events: VecDeque::new(),
+            timeout: RECV_TIMEOUT,
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// A response header as a string (empty when absent).
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The next block (event, comment or `retry:`); fails the test after the timeout or when
+    /// the stream ends.
+    pub async fn next_event(&mut self) -> SseEvent {
+        match tokio::time::timeout(self.timeout, self.next_block()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => panic!("SSE stream ended"),
+            Err(_) => panic!("no SSE event within {:?}", self.timeout),
+        }
+    }
+
+    /// The next block, or `None` once the server ended the stream.
+    pub async fn next_block(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Some(event);
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.feed(&chunk),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// The next `event: message`, skipping keep-alives, `subscribed` and the like.
+    pub async fn next_message(&mut self) -> SseEvent {
+        loop {
+            let event = self.next_event().await;
+            if event.event.as_deref() == Some("message") {
+                return event;
+            }
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let line = String::from_utf8_lossy(&line).into_owned();
+            self.line(&line);
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        if line.is_empty() {
+            self.current.data = self.data_lines.join("\n");
+            self.data_lines.clear();
+            let event = std::mem::take(&mut self.current);
+            if !event.is_empty() {
+                self.events.push_back(event);
+            }
+            return;
+        }
+        if let Some(comment) = line.strip_prefix(':') {
+            let comment = comment.strip_prefix(' ').unwrap_or(comment);
+            self.current.comments.push(comment.to_owned());
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => self.current.event = Some(value.to_owned()),
+            "data" => self.data_lines.push(value.to_owned()),
+            "id" => self.current.id = Some(value.to_owned()),
+            "retry" => self.current.retry = value.parse().ok(),
+            _ => {}
+        }
+    }
+}
