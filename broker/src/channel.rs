@@ -143,6 +143,9 @@ mod tests {
         assert_eq!(long.len(), MAX_CHANNEL_LEN);
         assert!(ChannelName::parse(&long).is_ok());
         let too_long = format!("{long}x");
-        assert_eq!(ChannelName::parse(&too_long), Err(ChannelNameError::TooLong));
+        assert_eq!(
+            ChannelName::parse(&too_long),
+            Err(ChannelNameError::TooLong)
+        );
     }
 }

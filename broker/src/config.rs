@@ -37,7 +37,7 @@ const NOT_SETTINGS: &[&str] = &[CONFIG_FILE_ENV];
 
 /// Upper bound for `jwt.leeway_seconds`: more skew than this means broken clocks, and a
 /// huge value would make every expired token valid.
-const MAX_LEEWAY_SECONDS: u64 = 3600;
+pub(crate) const MAX_LEEWAY_SECONDS: u64 = 3600;
 
 /// The whole broker configuration.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -346,13 +346,14 @@ impl Config {
             origins.env.insert(setting_name(section, key), var);
         }
 
-        let config = Config::deserialize(toml::Value::Table(merged)).map_err(|e| {
-            ConfigError::Invalid {
+        let config =
+            Config::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError::Invalid {
                 origin: "configuration".into(),
                 message: one_line(e.message()),
-            }
-        })?;
-        config.check().map_err(|problem| problem.into_error(&origins))?;
+            })?;
+        config
+            .check()
+            .map_err(|problem| problem.into_error(&origins))?;
         Ok(config)
     }
 
@@ -410,7 +411,11 @@ impl Config {
             self.plugins.dir.display(),
             on_off(self.allow_anonymous),
             jwt,
-            if self.api_key.is_some() { "set" } else { "unset" },
+            if self.api_key.is_some() {
+                "set"
+            } else {
+                "unset"
+            },
             on_off(self.admin_token.is_some()),
         )
     }
@@ -443,22 +448,46 @@ impl Config {
         }
         let must_be_positive: [((&str, &str), u64); 12] = [
             (("plugins", "call_timeout_ms"), self.plugins.call_timeout_ms),
-            (("plugins", "memory_limit_bytes"), self.plugins.memory_limit_bytes),
-            (("plugins", "max_output_bytes"), self.plugins.max_output_bytes),
-            (("limits", "max_frame_bytes"), self.limits.max_frame_bytes as u64),
-            (("limits", "max_publish_bytes"), self.limits.max_publish_bytes as u64),
-            (("limits", "queue_capacity"), self.limits.queue_capacity as u64),
+            (
+                ("plugins", "memory_limit_bytes"),
+                self.plugins.memory_limit_bytes,
+            ),
+            (
+                ("plugins", "max_output_bytes"),
+                self.plugins.max_output_bytes,
+            ),
+            (
+                ("limits", "max_frame_bytes"),
+                self.limits.max_frame_bytes as u64,
+            ),
+            (
+                ("limits", "max_publish_bytes"),
+                self.limits.max_publish_bytes as u64,
+            ),
+            (
+                ("limits", "queue_capacity"),
+                self.limits.queue_capacity as u64,
+            ),
             (
                 ("limits", "max_subscriptions_per_connection"),
                 self.limits.max_subscriptions_per_connection as u64,
             ),
-            (("websocket", "ping_interval_seconds"), self.websocket.ping_interval_seconds),
-            (("websocket", "pong_timeout_seconds"), self.websocket.pong_timeout_seconds),
+            (
+                ("websocket", "ping_interval_seconds"),
+                self.websocket.ping_interval_seconds,
+            ),
+            (
+                ("websocket", "pong_timeout_seconds"),
+                self.websocket.pong_timeout_seconds,
+            ),
             (
                 ("websocket", "connect_timeout_seconds"),
                 self.websocket.connect_timeout_seconds,
             ),
-            (("websocket", "read_buffer_bytes"), self.websocket.read_buffer_bytes as u64),
+            (
+                ("websocket", "read_buffer_bytes"),
+                self.websocket.read_buffer_bytes as u64,
+            ),
             (("sse", "keepalive_seconds"), self.sse.keepalive_seconds),
         ];
         for (key, value) in must_be_positive {
@@ -491,17 +520,40 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         source,
     })?;
     let file_error = |e: toml::de::Error, section: Option<&str>| {
-        let mut message = String::new();
-        if let Some(span) = e.span() {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            message.push_str(&format!("line {line}: "));
-        }
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
         let what = one_line(e.message());
-        match section {
-            None => message.push_str(&what),
-            Some("") => message.push_str(&insert_location(&what, "in the top level")),
-            Some(section) => message.push_str(&insert_location(&what, &format!("in [{section}]"))),
-        }
+        let location = section.map(|section| match section {
+            "" => "in the top level".to_owned(),
+            section => format!("in [{section}]"),
+        });
+        // The key whose value is at fault, for "line 2: limits.queue_capacity: invalid type …".
+        let key = e.span().and_then(|span| key_before(&text, span.start));
+        let message = match (line, location) {
+            // "line 3: unknown field `x` in [jwt], expected one of …"
+            (line, Some(location)) if what.starts_with("unknown field `") => {
+                let what = insert_location(&what, &location);
+                match line {
+                    Some(line) => format!("line {line}: {what}"),
+                    None => what,
+                }
+            }
+            (Some(line), Some(_)) if key.is_some() => {
+                let key = key.unwrap_or_default();
+                let setting = match section {
+                    Some(section) if !section.is_empty() && !key.contains('.') => {
+                        format!("{section}.{key}")
+                    }
+                    _ => key.to_owned(),
+                };
+                format!("line {line}: {setting}: {what}")
+            }
+            (Some(line), Some(location)) => format!("line {line}, {location}: {what}"),
+            (None, Some(location)) => format!("{location}: {what}"),
+            (Some(line), None) => format!("line {line}: {what}"),
+            (None, None) => what,
+        };
         ConfigError::File {
             path: path.to_path_buf(),
             message,
@@ -513,6 +565,15 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         return Err(file_error(e, Some(failing_section(&table))));
     }
     Ok(table)
+}
+
+/// The key of `key = value` when `value_start` is where the value begins, if that is
+/// what the text looks like.
+fn key_before(text: &str, value_start: usize) -> Option<&str> {
+    let before = text.get(..value_start)?.trim_end().strip_suffix('=')?;
+    let start = before.rfind(['\n', '{', ',']).map_or(0, |i| i + 1);
+    let key = before[start..].trim();
+    (!key.is_empty() && !key.contains(['[', ']', '"', '\''])).then_some(key)
 }
 
 /// Which section of a file that failed to deserialize is at fault (`""`: the top level).
@@ -535,7 +596,7 @@ fn failing_section(table: &toml::Table) -> &str {
 }
 
 /// Puts `location` after the first backticked name of a serde message ("unknown field
-/// `x` in [jwt], expected …"), or at its end.
+/// `x` in [jwt], expected …").
 fn insert_location(message: &str, location: &str) -> String {
     let mut ticks = message.match_indices('`');
     if let (Some(_), Some((end, _))) = (ticks.next(), ticks.next()) {
@@ -668,10 +729,7 @@ impl Schema {
     fn resolve(&self, var: &str) -> Result<(&'static str, &'static str), ConfigError> {
         let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
         for (section, fields) in &self.sections {
-            if let Some(key) = rest
-                .strip_prefix(section)
-                .and_then(|r| r.strip_prefix('_'))
-            {
+            if let Some(key) = rest.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
                 if let Some(field) = fields.iter().find(|f| **f == key) {
                     return Ok((section, field));
                 }
@@ -681,9 +739,7 @@ impl Schema {
             if self.sections.iter().any(|(s, _)| s == field) {
                 return Err(ConfigError::Env {
                     var: var.to_owned(),
-                    message: format!(
-                        "[{field}] is a section; set its keys as {var}_<KEY>"
-                    ),
+                    message: format!("[{field}] is a section; set its keys as {var}_<KEY>"),
                 });
             }
             return Ok(("", field));
@@ -758,11 +814,10 @@ impl Schema {
                 .parse::<i64>()
                 .map(toml::Value::Integer)
                 .map_err(|_| env_error(format!("expected an integer, got {raw:?}")))?,
-            Some(toml::Value::Boolean(_)) => {
-                toml::Value::Boolean(parse_bool(raw).ok_or_else(|| {
-                    env_error(format!("expected true or false, got {raw:?}"))
-                })?)
-            }
+            Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
+                parse_bool(raw)
+                    .ok_or_else(|| env_error(format!("expected true or false, got {raw:?}")))?,
+            ),
             Some(_) => {
                 return Err(env_error(
                     "this setting cannot be set from the environment".to_owned(),
@@ -772,8 +827,13 @@ impl Schema {
         // Deserialize just this one setting (all others default) to check its value.
         let mut alone = toml::Table::new();
         insert(&mut alone, section, key, value.clone());
-        Config::deserialize(toml::Value::Table(alone))
-            .map_err(|e| env_error(one_line(e.message())))?;
+        Config::deserialize(toml::Value::Table(alone)).map_err(|e| {
+            let mut message = one_line(e.message());
+            if value.is_str() && !message.contains(raw) {
+                message.push_str(&format!(", got {raw:?}"));
+            }
+            env_error(message)
+        })?;
         Ok(value)
     }
 }
@@ -1007,7 +1067,10 @@ kind = "memory"
         let message = Config::load(Some(&file.0), Vec::new())
             .unwrap_err()
             .to_string();
-        assert!(message.starts_with(&file.0.display().to_string()), "{message}");
+        assert!(
+            message.starts_with(&file.0.display().to_string()),
+            "{message}"
+        );
         assert!(message.contains("unknown field `lisen`"), "{message}");
         assert!(message.contains("line 2"), "{message}");
         assert!(message.contains("top level"), "{message}");
@@ -1021,21 +1084,50 @@ kind = "memory"
         let message = Config::load(Some(&file.0), Vec::new())
             .unwrap_err()
             .to_string();
-        assert!(message.contains("unknown field `secrte` in [jwt]"), "{message}");
+        assert!(
+            message.contains("unknown field `secrte` in [jwt]"),
+            "{message}"
+        );
         assert!(message.contains("line 5"), "{message}");
     }
 
     #[test]
     fn invalid_toml_and_wrong_types_in_the_file_are_errors() {
         let file = TempFile::new("listen = \n");
-        let message = Config::load(Some(&file.0), Vec::new()).unwrap_err().to_string();
+        let message = Config::load(Some(&file.0), Vec::new())
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("line 1"), "{message}");
 
         let file = TempFile::new("[limits]\nqueue_capacity = \"lots\"\n");
-        let message = Config::load(Some(&file.0), Vec::new()).unwrap_err().to_string();
-        assert!(message.contains("[limits]"), "{message}");
-        assert!(message.contains("line 2"), "{message}");
-        assert!(!message.contains('\n'), "{message}");
+        let message = Config::load(Some(&file.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.ends_with(
+                "stellwerk.toml: line 2: limits.queue_capacity: invalid type: string \"lots\", \
+                 expected usize"
+            ),
+            "{message}"
+        );
+
+        let file = TempFile::new("listen = 8080\n");
+        let message = Config::load(Some(&file.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("line 1: listen: invalid type"),
+            "{message}"
+        );
+
+        let file = TempFile::new("engine.kind = \"redis\"\n");
+        let message = Config::load(Some(&file.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("line 1: engine.kind: unknown variant `redis`"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -1051,14 +1143,25 @@ kind = "memory"
         let message = load_env(&[("STELLWERK_LIMITS_MAX_FRAME_BYTE", "2048")])
             .unwrap_err()
             .to_string();
-        assert!(message.starts_with("STELLWERK_LIMITS_MAX_FRAME_BYTE: unknown setting"), "{message}");
-        assert!(message.contains("STELLWERK_LIMITS_MAX_FRAME_BYTES"), "{message}");
+        assert!(
+            message.starts_with("STELLWERK_LIMITS_MAX_FRAME_BYTE: unknown setting"),
+            "{message}"
+        );
+        assert!(
+            message.contains("STELLWERK_LIMITS_MAX_FRAME_BYTES"),
+            "{message}"
+        );
 
-        let message = load_env(&[("STELLWERK_FROBNICATE", "1")]).unwrap_err().to_string();
+        let message = load_env(&[("STELLWERK_FROBNICATE", "1")])
+            .unwrap_err()
+            .to_string();
         assert_eq!(message, "STELLWERK_FROBNICATE: unknown setting");
 
         let message = load_env(&[("STELLWERK_JWT", "x")]).unwrap_err().to_string();
-        assert!(message.starts_with("STELLWERK_JWT: [jwt] is a section"), "{message}");
+        assert!(
+            message.starts_with("STELLWERK_JWT: [jwt] is a section"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -1094,7 +1197,9 @@ kind = "memory"
         );
 
         let file = TempFile::new("[limits]\nmax_frame_bytes = 512\n");
-        let message = Config::load(Some(&file.0), Vec::new()).unwrap_err().to_string();
+        let message = Config::load(Some(&file.0), Vec::new())
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             message,
             format!(
@@ -1113,7 +1218,10 @@ kind = "memory"
         let message = load_env(&[("STELLWERK_JWT_LEEWAY_SECONDS", "99999999999")])
             .unwrap_err()
             .to_string();
-        assert!(message.contains("jwt.leeway_seconds must be at most"), "{message}");
+        assert!(
+            message.contains("jwt.leeway_seconds must be at most"),
+            "{message}"
+        );
     }
 
     #[test]

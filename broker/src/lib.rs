@@ -18,8 +18,8 @@
 //! - `engine`: offsets, epochs and history per channel (in memory for now).
 //! - `server`: wires it all together and runs until shutdown.
 
-pub mod auth;
 pub(crate) mod api;
+pub mod auth;
 pub(crate) mod channel;
 pub mod config;
 pub(crate) mod engine;

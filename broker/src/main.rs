@@ -65,7 +65,8 @@ fn main() -> ExitCode {
 }
 
 fn load_config(file: Option<PathBuf>) -> Result<Config, stellwerk::config::ConfigError> {
-    let env = std::env::vars().filter(|(k, _)| k != "STELLWERK_CONFIG");
+    // `vars()` would panic on a non-UTF-8 variable anywhere in the environment.
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
     Config::load(file.as_deref(), env)
 }
 
@@ -81,14 +82,21 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
     };
     init_logging();
     if embedded {
-        tracing::info!("no config file given: running on the embedded default plus STELLWERK_* overrides");
+        tracing::info!(
+            "no config file given: running on the embedded default plus STELLWERK_* overrides"
+        );
     }
     let secret_was_set = config.jwt.secret.is_some() || config.jwt.public_key_file.is_some();
     for line in config.fill_dev_secrets() {
         tracing::warn!("{line}");
     }
     if let Some(secret) = config.jwt.secret.as_deref().filter(|_| !secret_was_set) {
-        let dev_token = stellwerk::auth::mint_hs256(secret, "dev", Default::default(), Duration::from_secs(24 * 3600));
+        let dev_token = stellwerk::auth::mint_hs256(
+            secret,
+            "dev",
+            Default::default(),
+            Duration::from_secs(24 * 3600),
+        );
         tracing::warn!("DEV ONLY: a token for user `dev`, valid 24 h: {dev_token}");
     }
     tracing::info!("config: {}", config.summary());
@@ -127,7 +135,12 @@ fn token(file: Option<PathBuf>, sub: &str, claims: &str, ttl: u64) -> anyhow::Re
     let serde_json::Value::Object(claims) = claims else {
         anyhow::bail!("--claims must be a JSON object");
     };
-    Ok(stellwerk::auth::mint_hs256(&secret, sub, claims, Duration::from_secs(ttl)))
+    Ok(stellwerk::auth::mint_hs256(
+        &secret,
+        sub,
+        claims,
+        Duration::from_secs(ttl),
+    ))
 }
 
 fn init_logging() {

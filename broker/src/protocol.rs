@@ -126,7 +126,8 @@ impl Command {
             id: Some(id),
             refusal: Refusal::bad_request(message),
         };
-        let channel = |raw_channel: Option<String>| raw_channel.ok_or_else(|| refuse("`channel` is missing"));
+        let channel =
+            |raw_channel: Option<String>| raw_channel.ok_or_else(|| refuse("`channel` is missing"));
         let kind = match raw.kind.as_deref() {
             Some("connect") => CommandKind::Connect {
                 token: raw.token,
@@ -241,6 +242,9 @@ mod tests {
             json!({"id":3,"type":"error","code":"not_found","message":"no plugin"})
         );
         let r = error_reply(None, &Refusal::bad_request("x"));
-        assert!(serde_json::from_str::<Value>(&r).unwrap().get("id").is_none());
+        assert!(serde_json::from_str::<Value>(&r)
+            .unwrap()
+            .get("id")
+            .is_none());
     }
 }

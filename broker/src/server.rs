@@ -67,7 +67,8 @@ pub async fn run(
     let verifier = TokenVerifier::from_config(&config.jwt)?;
     let limits = PluginLimits {
         call_timeout: Duration::from_millis(config.plugins.call_timeout_ms),
-        memory_limit_bytes: usize::try_from(config.plugins.memory_limit_bytes).unwrap_or(usize::MAX),
+        memory_limit_bytes: usize::try_from(config.plugins.memory_limit_bytes)
+            .unwrap_or(usize::MAX),
         max_output_bytes: usize::try_from(config.plugins.max_output_bytes).unwrap_or(usize::MAX),
     };
     let dir = config.plugins.dir.clone();
@@ -76,15 +77,6 @@ pub async fn run(
         .await
         .map_err(|e| std::io::Error::other(format!("plugin loader panicked: {e}")))?
         .map_err(|e: PluginError| ServeError::Plugins(e.to_string()))?;
-    for plugin in registry.list() {
-        tracing::info!(
-            plugin = %plugin.name,
-            version = %plugin.version,
-            namespaces = ?plugin.namespaces,
-            sha256 = %plugin.sha256,
-            "plugin loaded"
-        );
-    }
     let hub = Hub::new(
         Arc::new(registry),
         HubLimits {
@@ -116,7 +108,9 @@ pub async fn run(
         tracing::info!("shutting down");
         let _ = stop.send(true);
     };
-    axum::serve(listener, router).with_graceful_shutdown(signal).await?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(signal)
+        .await?;
     // Upgraded connections are not tracked by the HTTP server; give them a
     // moment to send their close frames.
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;

@@ -32,7 +32,7 @@ pub struct Exported<P>(PhantomData<P>);
 impl<P: ChannelPlugin> bindings::Guest for Exported<P> {
     fn describe() -> wit::Description {
         install_panic_log();
-        description_to_wit(P::describe())
+        description_to_wit(&P::describe())
     }
 
     fn authorize_subscribe(request: wit::SubscribeRequest) -> wit::SubscribeDecision {
@@ -58,10 +58,17 @@ impl<P: ChannelPlugin> bindings::Guest for Exported<P> {
             Ok(data) => data,
             Err(reason) => {
                 host::log(Level::Error, &reason);
-                return request.audiences.iter().map(|_| wit::Delivery::Skip).collect();
+                return request
+                    .audiences
+                    .iter()
+                    .map(|_| wit::Delivery::Skip)
+                    .collect();
             }
         };
-        let message = FilterRequest { channel: Channel::new(request.channel), data };
+        let message = FilterRequest {
+            channel: Channel::new(request.channel),
+            data,
+        };
         request
             .audiences
             .iter()
@@ -74,7 +81,7 @@ impl<P: ChannelPlugin> bindings::Guest for Exported<P> {
     }
 }
 
-fn description_to_wit(description: Description) -> wit::Description {
+fn description_to_wit(description: &Description) -> wit::Description {
     wit::Description {
         name: description.name().to_owned(),
         version: description.version().to_owned(),
@@ -115,11 +122,15 @@ fn publish_request(request: wit::PublishRequest) -> Result<PublishRequest, Strin
 }
 
 fn identity(identity: wit::Identity) -> Result<Identity, String> {
-    Ok(Identity { claims: parse_json("claims", &identity.claims_json)?, user: identity.user })
+    Ok(Identity {
+        claims: parse_json("claims", &identity.claims_json)?,
+        user: identity.user,
+    })
 }
 
 fn parse_json(what: &str, json: &str) -> Result<Value, String> {
-    serde_json::from_str(json).map_err(|err| format!("the broker sent {what} that are not JSON: {err}"))
+    serde_json::from_str(json)
+        .map_err(|err| format!("the broker sent {what} that are not JSON: {err}"))
 }
 
 /// Logs why a request could not even be read, and refuses it.
@@ -157,7 +168,9 @@ fn install_panic_log() {
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
-            std::panic::set_hook(Box::new(|info| host::log(Level::Error, &format!("plugin panicked: {info}"))));
+            std::panic::set_hook(Box::new(|info| {
+                host::log(Level::Error, &format!("plugin panicked: {info}"))
+            }));
         });
     }
 }
@@ -177,13 +190,17 @@ mod tests {
             Description::new("rules", "0.1.0")
                 .namespace(
                     "course",
-                    crate::ChannelOptions::new().presence().history(5, std::time::Duration::from_millis(90_500)),
+                    crate::ChannelOptions::new()
+                        .presence()
+                        .history(5, std::time::Duration::from_millis(90_500)),
                 )
                 .with_filter()
         }
 
         fn authorize_subscribe(req: &SubscribeRequest) -> SubscribeDecision {
-            let Some(id) = &req.identity else { return SubscribeDecision::deny("login required") };
+            let Some(id) = &req.identity else {
+                return SubscribeDecision::deny("login required");
+            };
             match id.claim_entry("courses", req.channel.rest()) {
                 Some("dozent") => SubscribeDecision::allow_with_audience("staff")
                     .with_presence(json!({"user": id.user})),
@@ -194,7 +211,9 @@ mod tests {
 
         fn on_publish(req: &PublishRequest) -> PublishDecision {
             match req.source {
-                Source::Client => PublishDecision::replace(json!({"by": req.user(), "text": req.data["text"]})),
+                Source::Client => {
+                    PublishDecision::replace(json!({"by": req.user(), "text": req.data["text"]}))
+                }
                 Source::Http => PublishDecision::allow(),
             }
         }
@@ -218,18 +237,27 @@ mod tests {
     }
 
     fn wit_identity(user: &str, claims: &str) -> Option<wit::Identity> {
-        Some(wit::Identity { user: user.into(), claims_json: claims.into() })
+        Some(wit::Identity {
+            user: user.into(),
+            claims_json: claims.into(),
+        })
     }
 
     #[test]
     fn describe_reaches_the_wire_format() {
         let d = Exported::<Rules>::describe();
-        assert_eq!((d.name.as_str(), d.version.as_str(), d.filters), ("rules", "0.1.0", true));
+        assert_eq!(
+            (d.name.as_str(), d.version.as_str(), d.filters),
+            ("rules", "0.1.0", true)
+        );
         assert_eq!(d.namespaces.len(), 1);
         let ns = &d.namespaces[0];
         assert_eq!(ns.name, "course");
         assert!(ns.options.presence && !ns.options.client_publish);
-        assert_eq!((ns.options.history_size, ns.options.history_ttl_seconds), (5, 90));
+        assert_eq!(
+            (ns.options.history_size, ns.options.history_ttl_seconds),
+            (5, 90)
+        );
         assert!(!Exported::<Bare>::describe().filters);
     }
 
@@ -239,9 +267,12 @@ mod tests {
             channel: "course:c1".into(),
             identity: wit_identity("u1", r#"{"courses":{"c1":"dozent"}}"#),
         });
-        let wit::SubscribeDecision::Allow(grant) = allow else { panic!("denied: {allow:?}") };
+        let wit::SubscribeDecision::Allow(grant) = allow else {
+            panic!("denied: {allow:?}")
+        };
         assert_eq!(grant.audience.as_deref(), Some("staff"));
-        let info: Value = serde_json::from_str(grant.presence_info_json.as_deref().unwrap()).unwrap();
+        let info: Value =
+            serde_json::from_str(grant.presence_info_json.as_deref().unwrap()).unwrap();
         assert_eq!(info, json!({"user": "u1"}));
 
         let deny = Exported::<Rules>::authorize_subscribe(wit::SubscribeRequest {
@@ -257,7 +288,9 @@ mod tests {
             channel: "course:c1".into(),
             identity: wit_identity("u1", "{not json"),
         });
-        assert!(matches!(decision, wit::SubscribeDecision::Deny(reason) if reason.contains("claims")));
+        assert!(
+            matches!(decision, wit::SubscribeDecision::Deny(reason) if reason.contains("claims"))
+        );
     }
 
     #[test]
@@ -268,8 +301,13 @@ mod tests {
             source: wit::PublishSource::Client,
             identity: wit_identity("u1", "{}"),
         });
-        let wit::PublishDecision::Replace(json) = decision else { panic!("{decision:?}") };
-        assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), json!({"by": "u1", "text": "hi"}));
+        let wit::PublishDecision::Replace(json) = decision else {
+            panic!("{decision:?}")
+        };
+        assert_eq!(
+            serde_json::from_str::<Value>(&json).unwrap(),
+            json!({"by": "u1", "text": "hi"})
+        );
 
         let bad = Exported::<Rules>::on_publish(wit::PublishRequest {
             channel: "course:c1".into(),
@@ -288,11 +326,20 @@ mod tests {
             audiences: vec!["".into(), "staff".into(), "other".into()],
         };
         let out = Exported::<Rules>::filter(request(r#"{"text":"t","secret":1}"#));
-        assert!(matches!(&out[..], [wit::Delivery::Replace(a), wit::Delivery::Original, wit::Delivery::Replace(b)]
-            if a == r#"{"text":"t"}"# && a == b));
+        assert!(
+            matches!(&out[..], [wit::Delivery::Replace(a), wit::Delivery::Original, wit::Delivery::Replace(b)]
+            if a == r#"{"text":"t"}"# && a == b)
+        );
 
         let internal = Exported::<Rules>::filter(request(r#"{"internal":true}"#));
-        assert!(matches!(&internal[..], [wit::Delivery::Skip, wit::Delivery::Original, wit::Delivery::Skip]));
+        assert!(matches!(
+            &internal[..],
+            [
+                wit::Delivery::Skip,
+                wit::Delivery::Original,
+                wit::Delivery::Skip
+            ]
+        ));
 
         let broken = Exported::<Rules>::filter(request("nope"));
         assert!(broken.iter().all(|d| matches!(d, wit::Delivery::Skip)) && broken.len() == 3);
@@ -313,8 +360,14 @@ mod tests {
                 identity: None,
             })
         };
-        assert!(matches!(publish(wit::PublishSource::Http), wit::PublishDecision::Allow));
-        assert!(matches!(publish(wit::PublishSource::Client), wit::PublishDecision::Deny(_)));
+        assert!(matches!(
+            publish(wit::PublishSource::Http),
+            wit::PublishDecision::Allow
+        ));
+        assert!(matches!(
+            publish(wit::PublishSource::Client),
+            wit::PublishDecision::Deny(_)
+        ));
         let out = Exported::<Bare>::filter(wit::FilterRequest {
             channel: "bare:x".into(),
             data_json: "{}".into(),

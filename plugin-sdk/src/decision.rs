@@ -29,7 +29,10 @@ impl SubscribeDecision {
 
     /// Subscribe, tagged with an audience for [`filter`](crate::ChannelPlugin::filter).
     pub fn allow_with_audience(audience: impl Into<String>) -> Self {
-        Self::Allow(Grant { audience: Some(audience.into()), presence_info: None })
+        Self::Allow(Grant {
+            audience: Some(audience.into()),
+            presence_info: None,
+        })
     }
 
     /// Refuse with a reason the client may see.
@@ -42,7 +45,10 @@ impl SubscribeDecision {
     #[must_use]
     pub fn with_presence(self, info: Value) -> Self {
         match self {
-            Self::Allow(grant) => Self::Allow(Grant { presence_info: Some(info), ..grant }),
+            Self::Allow(grant) => Self::Allow(Grant {
+                presence_info: Some(info),
+                ..grant
+            }),
             deny @ Self::Deny(_) => deny,
         }
     }
@@ -153,7 +159,8 @@ mod tests {
 
     #[test]
     fn presence_info_attaches_to_allows_only() {
-        let allowed = SubscribeDecision::allow_with_audience("staff").with_presence(json!({"name": "Ada"}));
+        let allowed =
+            SubscribeDecision::allow_with_audience("staff").with_presence(json!({"name": "Ada"}));
         assert_eq!(allowed.audience(), Some("staff"));
         assert_eq!(allowed.presence_info(), Some(&json!({"name": "Ada"})));
 

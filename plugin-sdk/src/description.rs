@@ -23,13 +23,21 @@ impl Description {
     /// A plugin called `name` (use the `.wasm` file's name) in `version` (usually
     /// `env!("CARGO_PKG_VERSION")`), governing no namespace yet.
     pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
-        Self { name: name.into(), version: version.into(), namespaces: Vec::new(), filters: false }
+        Self {
+            name: name.into(),
+            version: version.into(),
+            namespaces: Vec::new(),
+            filters: false,
+        }
     }
 
     /// Governs the namespace `name` with these channel options.
     #[must_use]
     pub fn namespace(mut self, name: impl Into<String>, options: ChannelOptions) -> Self {
-        self.namespaces.push(Namespace { name: name.into(), options });
+        self.namespaces.push(Namespace {
+            name: name.into(),
+            options,
+        });
         self
     }
 
@@ -61,7 +69,10 @@ impl Description {
 
     /// The options of one governed namespace.
     pub fn options(&self, namespace: &str) -> Option<&ChannelOptions> {
-        self.namespaces.iter().find(|ns| ns.name == namespace).map(|ns| &ns.options)
+        self.namespaces
+            .iter()
+            .find(|ns| ns.name == namespace)
+            .map(|ns| &ns.options)
     }
 
     /// Checks what the broker checks on load, so that a plugin's unit tests catch it first:
@@ -78,9 +89,15 @@ impl Description {
         }
         for (i, ns) in self.namespaces.iter().enumerate() {
             if !is_namespace_name(&ns.name) {
-                return Err(format!("namespace {:?} does not match [a-z0-9_-]{{1,64}}", ns.name));
+                return Err(format!(
+                    "namespace {:?} does not match [a-z0-9_-]{{1,64}}",
+                    ns.name
+                ));
             }
-            if self.namespaces[..i].iter().any(|earlier| earlier.name == ns.name) {
+            if self.namespaces[..i]
+                .iter()
+                .any(|earlier| earlier.name == ns.name)
+            {
                 return Err(format!("namespace {:?} is declared twice", ns.name));
             }
         }
@@ -90,7 +107,9 @@ impl Description {
 
 fn is_namespace_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Behaviour the broker applies to every channel of a namespace. [`ChannelOptions::new`]
@@ -143,14 +162,22 @@ mod tests {
     #[test]
     fn builder_collects_namespaces_and_options() {
         let d = Description::new("course", "1.2.3")
-            .namespace("course", ChannelOptions::new().presence().history(200, Duration::from_secs(3600)))
+            .namespace(
+                "course",
+                ChannelOptions::new()
+                    .presence()
+                    .history(200, Duration::from_secs(3600)),
+            )
             .namespace("course-chat", ChannelOptions::new().client_publish())
             .with_filter();
         assert_eq!(d.validate(), Ok(()));
         assert!(d.filters());
         let course = d.options("course").unwrap();
         assert!(course.presence && !course.client_publish);
-        assert_eq!((course.history_size, course.history_ttl.as_secs()), (200, 3600));
+        assert_eq!(
+            (course.history_size, course.history_ttl.as_secs()),
+            (200, 3600)
+        );
         assert!(d.options("course-chat").unwrap().client_publish);
         assert_eq!(d.options("user"), None);
     }
@@ -158,14 +185,31 @@ mod tests {
     #[test]
     fn validate_names_what_is_wrong() {
         let ok = ChannelOptions::new();
-        assert!(Description::new("p", "1").validate().unwrap_err().contains("no namespace"));
-        let upper = Description::new("p", "1").namespace("Public", ok).validate().unwrap_err();
+        assert!(Description::new("p", "1")
+            .validate()
+            .unwrap_err()
+            .contains("no namespace"));
+        let upper = Description::new("p", "1")
+            .namespace("Public", ok)
+            .validate()
+            .unwrap_err();
         assert!(upper.contains("\"Public\""), "{upper}");
-        let long = Description::new("p", "1").namespace("a".repeat(65), ok).validate();
+        let long = Description::new("p", "1")
+            .namespace("a".repeat(65), ok)
+            .validate();
         assert!(long.is_err());
-        let twice = Description::new("p", "1").namespace("a", ok).namespace("a", ok).validate();
+        let twice = Description::new("p", "1")
+            .namespace("a", ok)
+            .namespace("a", ok)
+            .validate();
         assert!(twice.unwrap_err().contains("twice"));
-        assert!(Description::new("", "1").namespace("a", ok).validate().is_err());
-        assert_eq!(Description::new("p", "1").namespace("a_b-9", ok).validate(), Ok(()));
+        assert!(Description::new("", "1")
+            .namespace("a", ok)
+            .validate()
+            .is_err());
+        assert_eq!(
+            Description::new("p", "1").namespace("a_b-9", ok).validate(),
+            Ok(())
+        );
     }
 }

@@ -58,7 +58,9 @@ pub fn config() -> Value {
     match serde_json::from_str(&config_json()) {
         Ok(value) => value,
         Err(err) => {
-            error(&format!("the plugin configuration is not valid JSON: {err}"));
+            error(&format!(
+                "the plugin configuration is not valid JSON: {err}"
+            ));
             Value::Object(Default::default())
         }
     }
@@ -110,12 +112,16 @@ pub(crate) mod imp {
 
     pub(super) fn now_ms() -> u64 {
         NOW_MS.with(Cell::get).unwrap_or_else(|| {
-            let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let since_epoch = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
             u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
         })
     }
 
     pub(super) fn config_json() -> String {
-        CONFIG_JSON.with(|config| config.borrow().clone()).unwrap_or_else(|| "{}".to_owned())
+        CONFIG_JSON
+            .with(|config| config.borrow().clone())
+            .unwrap_or_else(|| "{}".to_owned())
     }
 }

@@ -58,7 +58,7 @@ pub use serde_json::{self, json, Value};
 pub mod prelude {
     pub use crate::host::{self, Level};
     pub use crate::{
-        export_plugin, ChannelOptions, ChannelPlugin, Channel, Delivery, Description,
+        export_plugin, Channel, ChannelOptions, ChannelPlugin, Delivery, Description,
         FilterRequest, Identity, PublishDecision, PublishRequest, Source, SubscribeDecision,
         SubscribeRequest,
     };

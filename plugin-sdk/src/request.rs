@@ -69,7 +69,10 @@ pub struct Identity {
 
 impl Identity {
     pub fn new(user: impl Into<String>, claims: Value) -> Self {
-        Self { user: user.into(), claims }
+        Self {
+            user: user.into(),
+            claims,
+        }
     }
 
     /// One claim, whatever its type.

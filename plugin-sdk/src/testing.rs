@@ -41,13 +41,19 @@ use serde_json::Value;
 impl SubscribeRequest {
     /// An anonymous subscribe request for `channel`; add a user with [`by_user`](Self::by_user).
     pub fn for_channel(channel: &str) -> Self {
-        Self { channel: Channel::new(channel), identity: None }
+        Self {
+            channel: Channel::new(channel),
+            identity: None,
+        }
     }
 
     /// The same request from the user `user` with these token claims.
     #[must_use]
     pub fn by_user(self, user: &str, claims: Value) -> Self {
-        Self { identity: Some(Identity::new(user, claims)), ..self }
+        Self {
+            identity: Some(Identity::new(user, claims)),
+            ..self
+        }
     }
 }
 
@@ -55,7 +61,12 @@ impl PublishRequest {
     /// An HTTP API publish of `null` to `channel`; see [`with_data`](Self::with_data) and
     /// [`by_user`](Self::by_user).
     pub fn for_channel(channel: &str) -> Self {
-        Self { channel: Channel::new(channel), data: Value::Null, source: Source::Http, identity: None }
+        Self {
+            channel: Channel::new(channel),
+            data: Value::Null,
+            source: Source::Http,
+            identity: None,
+        }
     }
 
     /// The same publish carrying `data`.
@@ -68,14 +79,21 @@ impl PublishRequest {
     /// [`Source::Client`]); HTTP publishes never carry an identity.
     #[must_use]
     pub fn by_user(self, user: &str, claims: Value) -> Self {
-        Self { source: Source::Client, identity: Some(Identity::new(user, claims)), ..self }
+        Self {
+            source: Source::Client,
+            identity: Some(Identity::new(user, claims)),
+            ..self
+        }
     }
 }
 
 impl FilterRequest {
     /// A message of `null` on `channel`; see [`with_data`](Self::with_data).
     pub fn for_channel(channel: &str) -> Self {
-        Self { channel: Channel::new(channel), data: Value::Null }
+        Self {
+            channel: Channel::new(channel),
+            data: Value::Null,
+        }
     }
 
     /// The same message carrying `data`.
@@ -107,7 +125,10 @@ pub fn filter<P: ChannelPlugin>(request: &FilterRequest, audiences: &[&str]) -> 
         P::describe().filters(),
         "the broker never calls filter on this plugin: add `.with_filter()` to its description"
     );
-    audiences.iter().map(|audience| P::filter(request, audience)).collect()
+    audiences
+        .iter()
+        .map(|audience| P::filter(request, audience))
+        .collect()
 }
 
 /// Sets what [`host::config`](crate::host::config) returns on this thread.
@@ -135,10 +156,16 @@ mod tests {
     struct Filtered;
     impl ChannelPlugin for Filtered {
         fn describe() -> Description {
-            Description::new("f", "1").namespace("f", ChannelOptions::new()).with_filter()
+            Description::new("f", "1")
+                .namespace("f", ChannelOptions::new())
+                .with_filter()
         }
         fn filter(_: &FilterRequest, audience: &str) -> Delivery {
-            if audience == "staff" { Delivery::Original } else { Delivery::Skip }
+            if audience == "staff" {
+                Delivery::Original
+            } else {
+                Delivery::Skip
+            }
         }
     }
 
@@ -158,13 +185,17 @@ mod tests {
 
     #[test]
     fn builders_fill_the_requests() {
-        let sub = SubscribeRequest::for_channel("public:news").by_user("u1", json!({"perm": "autor"}));
+        let sub =
+            SubscribeRequest::for_channel("public:news").by_user("u1", json!({"perm": "autor"}));
         assert_eq!(sub.channel.namespace(), "public");
         assert_eq!(sub.user(), Some("u1"));
         assert_eq!(sub.identity.unwrap().claim_str("perm"), Some("autor"));
 
         let http = PublishRequest::for_channel("public:news").with_data(json!({"a": 1}));
-        assert_eq!((http.source, http.user(), &http.data), (Source::Http, None, &json!({"a": 1})));
+        assert_eq!(
+            (http.source, http.user(), &http.data),
+            (Source::Http, None, &json!({"a": 1}))
+        );
         let client = http.by_user("u2", json!({}));
         assert_eq!((client.source, client.user()), (Source::Client, Some("u2")));
     }
@@ -172,7 +203,10 @@ mod tests {
     #[test]
     fn filter_runs_per_audience_and_insists_on_the_flag() {
         let msg = FilterRequest::for_channel("f:x").with_data(json!(1));
-        assert_eq!(filter::<Filtered>(&msg, &["", "staff"]), [Delivery::Skip, Delivery::Original]);
+        assert_eq!(
+            filter::<Filtered>(&msg, &["", "staff"]),
+            [Delivery::Skip, Delivery::Original]
+        );
         let unflagged = std::panic::catch_unwind(|| filter::<Unfiltered>(&msg, &[""]));
         assert!(unflagged.is_err());
     }

@@ -136,3 +136,33 @@ fn parse_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     }
     Some((RawFrame { opcode, payload }, pos + len))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_short_and_extended_lengths() {
+        let mut wire = vec![0x81, 3, b'a', b'b', b'c'];
+        wire.extend_from_slice(&[0x88, 2, 0x0F, 0xA8]);
+        let mut long = vec![0x81, 126, 0x01, 0x00];
+        long.extend(std::iter::repeat_n(b'x', 256));
+        wire.extend_from_slice(&long);
+
+        let (f1, n1) = parse_frame(&wire).unwrap();
+        assert_eq!(
+            (f1.opcode, f1.payload.as_slice()),
+            (RawFrame::TEXT, &b"abc"[..])
+        );
+        let (f2, n2) = parse_frame(&wire[n1..]).unwrap();
+        assert_eq!(f2.opcode, RawFrame::CLOSE);
+        assert_eq!(f2.close_code(), 4008);
+        let (f3, n3) = parse_frame(&wire[n1 + n2..]).unwrap();
+        assert_eq!(f3.payload.len(), 256);
+        assert_eq!(n1 + n2 + n3, wire.len());
+        assert!(
+            parse_frame(&wire[..wire.len() - 1][n1 + n2..]).is_none(),
+            "incomplete"
+        );
+    }
+}

@@ -419,3 +419,25 @@ pub fn assert_http_error(status: u16, body: &Value, want_status: u16, want_code:
         "error.message must be a non-empty string; body: {body}"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_listening_address_in_a_coloured_log_line() {
+        let line = "\u{1b}[2m2025-01-01T00:00:00Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m stellwerk: \
+                    listening on http://127.0.0.1:41234 (plugins: 3)";
+        let plain = strip_ansi(line);
+        assert!(!plain.contains('\u{1b}'), "{plain}");
+        assert_eq!(
+            listening_addr(&plain),
+            Some(SocketAddr::from(([127, 0, 0, 1], 41234)))
+        );
+        assert_eq!(
+            listening_addr("listening on http://127.0.0.1:9/"),
+            Some(SocketAddr::from(([127, 0, 0, 1], 9)))
+        );
+        assert_eq!(listening_addr("starting up"), None);
+    }
+}

@@ -42,10 +42,7 @@ pub struct SseStream {
     status: u16,
     headers: reqwest::header::HeaderMap,
     body: ByteStream,
-    buf: Vec<u8>,
-    current: SseEvent,
-    data_lines: Vec<String>,
-    events: VecDeque<SseEvent>,
+    parser: Parser,
     timeout: Duration,
 }
 
@@ -63,10 +60,7 @@ impl SseStream {
             status: resp.status().as_u16(),
             headers: resp.headers().clone(),
             body: Box::pin(resp.bytes_stream().map(|r| r.map(|b| b.to_vec()))),
-            buf: Vec::new(),
-            current: SseEvent::default(),
-            data_lines: Vec::new(),
-            events: VecDeque::new(),
+            parser: Parser::default(),
             timeout: RECV_TIMEOUT,
         }
     }
@@ -97,11 +91,11 @@ impl SseStream {
     /// The next block, or `None` once the server ended the stream.
     pub async fn next_block(&mut self) -> Option<SseEvent> {
         loop {
-            if let Some(event) = self.events.pop_front() {
+            if let Some(event) = self.parser.events.pop_front() {
                 return Some(event);
             }
             match self.body.next().await {
-                Some(Ok(chunk)) => self.feed(&chunk),
+                Some(Ok(chunk)) => self.parser.feed(&chunk),
                 Some(Err(_)) | None => return None,
             }
         }
@@ -116,7 +110,18 @@ impl SseStream {
             }
         }
     }
+}
 
+/// The `text/event-stream` line protocol, fed with chunks as they arrive.
+#[derive(Debug, Default)]
+struct Parser {
+    buf: Vec<u8>,
+    current: SseEvent,
+    data_lines: Vec<String>,
+    events: VecDeque<SseEvent>,
+}
+
+impl Parser {
     fn feed(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
         while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
@@ -156,5 +161,37 @@ impl SseStream {
             "retry" => self.current.retry = value.parse().ok(),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_blocks_split_across_chunks() {
+        let mut p = Parser::default();
+        let stream = "retry: 3000\n\nevent: subscribed\ndata: {\"a\":1}\n\n: keep-alive\n\n\
+                      event: message\r\nid: c1\r\ndata: line1\r\ndata:line2\r\n\r\n";
+        for chunk in stream.as_bytes().chunks(7) {
+            p.feed(chunk);
+        }
+        let events: Vec<SseEvent> = p.events.drain(..).collect();
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert_eq!(events[0].retry, Some(3000));
+        assert_eq!(events[1].event.as_deref(), Some("subscribed"));
+        assert_eq!(events[1].json(), serde_json::json!({"a": 1}));
+        assert_eq!(events[2].comments, vec!["keep-alive".to_owned()]);
+        assert_eq!(events[3].id.as_deref(), Some("c1"));
+        assert_eq!(events[3].data, "line1\nline2");
+    }
+
+    #[test]
+    fn incomplete_block_is_not_an_event_yet() {
+        let mut p = Parser::default();
+        p.feed(b"event: message\ndata: x\n");
+        assert!(p.events.is_empty());
+        p.feed(b"\n");
+        assert_eq!(p.events.len(), 1);
     }
 }

@@ -126,3 +126,14 @@ async fn extra_claims_do_not_get_in_the_way() {
     let reply = ws.request(json!({"type": "connect"})).await;
     assert_eq!(reply["user"], "0123456789abcdef0123456789abcdef", "{reply}");
 }
+
+#[tokio::test]
+async fn connection_that_never_authenticates_is_closed_with_4001() {
+    let server = Server::builder()
+        .env("STELLWERK_WEBSOCKET_CONNECT_TIMEOUT_SECONDS", 1)
+        .start()
+        .await;
+    let mut ws = server.ws("/ws").await;
+    let (code, _reason) = ws.expect_close().await;
+    assert_eq!(code, 4001);
+}

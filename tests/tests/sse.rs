@@ -154,3 +154,19 @@ async fn sse_anonymous_is_denied_by_the_public_plugin() {
         status_and_json(server.sse_response("/sse?channel=public:news", None).await).await;
     assert_http_error(status, &body, 403, "forbidden");
 }
+
+#[tokio::test]
+async fn idle_stream_gets_keep_alive_comments() {
+    let server = Server::builder()
+        .env("STELLWERK_SSE_KEEPALIVE_SECONDS", 1)
+        .start()
+        .await;
+    let token = server.token("u-idle");
+    let mut sse = server
+        .sse(&format!("/sse?channel=public:quiet&token={token}"))
+        .await;
+    read_preamble(&mut sse, &["public:quiet"]).await;
+    let event = sse.next_event().await;
+    assert_eq!(event.comments, vec!["keep-alive".to_owned()], "{event:?}");
+    assert_eq!(event.event, None);
+}

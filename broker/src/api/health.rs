@@ -16,7 +16,10 @@ pub(crate) async fn healthz() -> Json<Value> {
 /// shutting down.
 pub(crate) async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     if *app.shutdown.borrow() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting_down"})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting_down"})),
+        )
     } else {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     }

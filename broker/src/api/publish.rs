@@ -23,7 +23,11 @@ struct PublishBody {
     data: Option<Box<RawValue>>,
 }
 
-pub(crate) async fn publish(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn publish(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     check_api_key(&app, &headers)?;
     let max = app.config.limits.max_publish_bytes;
     let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
@@ -32,21 +36,30 @@ pub(crate) async fn publish(State(app): State<AppState>, headers: HeaderMap, bod
             format!("request body larger than {max} bytes (limits.max_publish_bytes)"),
         )
     })?;
-    let body: PublishBody =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("body is not a valid publish request: {e}")))?;
+    let body: PublishBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("body is not a valid publish request: {e}")))?;
     let names = match (body.channel, body.channels) {
         (Some(channel), None) => vec![channel],
         (None, Some(channels)) if !channels.is_empty() => channels,
         (None, Some(_)) => return Err(ApiError::bad_request("`channels` is empty")),
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("give either `channel` or `channels`, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either `channel` or `channels`, not both",
+            ))
+        }
         (None, None) => return Err(ApiError::bad_request("`channel` or `channels` is required")),
     };
-    let data = body.data.ok_or_else(|| ApiError::bad_request("`data` is required"))?;
+    let data = body
+        .data
+        .ok_or_else(|| ApiError::bad_request("`data` is required"))?;
     let channels = names
         .iter()
         .map(|name| hub::parse_channel(name))
         .collect::<Result<Vec<_>, _>>()?;
-    let positions = app.hub.publish(&channels, data.get(), PublishSource::Http, None).await?;
+    let positions = app
+        .hub
+        .publish(&channels, data.get(), PublishSource::Http, None)
+        .await?;
     let results: Vec<Value> = channels
         .iter()
         .zip(positions)

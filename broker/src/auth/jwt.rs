@@ -20,7 +20,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
 use super::Identity;
-use crate::config::JwtConfig;
+use crate::config::{JwtConfig, MAX_LEEWAY_SECONDS};
 
 /// Why a token was refused. `Display` is short and safe to send to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,7 +104,10 @@ impl TokenVerifier {
             (Some(_), Some(_)) => return Err(AuthError::BothKeys),
             (None, None) => return Err(AuthError::NoKey),
             (Some(secret), None) if secret.is_empty() => return Err(AuthError::EmptySecret),
-            (Some(secret), None) => (Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes())),
+            (Some(secret), None) => (
+                Algorithm::HS256,
+                DecodingKey::from_secret(secret.as_bytes()),
+            ),
             (None, Some(path)) => {
                 let pem = std::fs::read(path).map_err(|source| AuthError::KeyFileUnreadable {
                     path: path.clone(),
@@ -124,12 +127,15 @@ impl TokenVerifier {
         // would be refused because no audience is configured.
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = jwt.leeway_seconds;
+        // `Config::validate` refuses more; the clamp protects configs built in code, since
+        // jsonwebtoken computes `now - leeway` and a huge leeway would accept expired tokens.
+        let leeway = jwt.leeway_seconds.min(MAX_LEEWAY_SECONDS);
+        validation.leeway = leeway;
         Ok(TokenVerifier {
             algorithm,
             key,
             validation,
-            leeway: jwt.leeway_seconds,
+            leeway,
         })
     }
 
@@ -306,9 +312,9 @@ fn public_key_from_pem(pem: &[u8]) -> Result<(Algorithm, DecodingKey), String> {
         label if label.contains("PRIVATE KEY") => Err(format!(
             "holds a private key (`{label}`); give the public key (openssl pkey -pubout)"
         )),
-        "CERTIFICATE" => Err(
-            "holds a certificate; extract its public key (openssl x509 -pubkey -noout)".into(),
-        ),
+        "CERTIFICATE" => {
+            Err("holds a certificate; extract its public key (openssl x509 -pubkey -noout)".into())
+        }
         other => Err(format!("PEM block `{other}` is not a public key")),
     }
 }
@@ -528,7 +534,11 @@ mod tests {
             "a.b.c.d",
             "....",
             "eyJhbGciOiJIUzI1NiJ9",
-            &format!("{}.{}.sig", b64(&json!(["not", "an", "object"])), b64(&json!({}))),
+            &format!(
+                "{}.{}.sig",
+                b64(&json!(["not", "an", "object"])),
+                b64(&json!({}))
+            ),
         ] {
             assert_eq!(
                 verifier.verify(garbage).unwrap_err(),
@@ -558,8 +568,16 @@ mod tests {
     fn rs256_es256_and_eddsa_tokens_verify_against_their_public_key_files() {
         let cases = [
             ("rsa_private.pem", "rsa_public.pem", Algorithm::RS256),
-            ("ec_p256_private.pem", "ec_p256_public.pem", Algorithm::ES256),
-            ("ed25519_private.pem", "ed25519_public.pem", Algorithm::EdDSA),
+            (
+                "ec_p256_private.pem",
+                "ec_p256_public.pem",
+                Algorithm::ES256,
+            ),
+            (
+                "ed25519_private.pem",
+                "ed25519_public.pem",
+                Algorithm::EdDSA,
+            ),
         ];
         for (private, public, alg) in cases {
             let pem = std::fs::read(testdata(private)).unwrap();

@@ -70,7 +70,10 @@ mod tests {
 
     #[test]
     fn bearer_token_is_extracted_with_any_scheme_case() {
-        assert_eq!(bearer_token(&headers("Bearer abc.def.ghi")), Some("abc.def.ghi"));
+        assert_eq!(
+            bearer_token(&headers("Bearer abc.def.ghi")),
+            Some("abc.def.ghi")
+        );
         assert_eq!(bearer_token(&headers("bearer abc")), Some("abc"));
         assert_eq!(bearer_token(&headers("BEARER  abc ")), Some("abc"));
     }

@@ -54,7 +54,11 @@ impl Log {
             return;
         }
         let now = Instant::now();
-        self.history.push_back(Entry { offset, data, at: now });
+        self.history.push_back(Entry {
+            offset,
+            data,
+            at: now,
+        });
         while self.history.len() > policy.size {
             self.history.pop_front();
         }
@@ -87,8 +91,16 @@ impl MemoryEngine {
         &self.shards[i]
     }
 
-    fn publish_now(&self, channel: &ChannelName, data: Arc<str>, history: HistoryPolicy) -> Position {
-        let mut shard = self.shard(channel).lock().unwrap_or_else(|p| p.into_inner());
+    fn publish_now(
+        &self,
+        channel: &ChannelName,
+        data: Arc<str>,
+        history: HistoryPolicy,
+    ) -> Position {
+        let mut shard = self
+            .shard(channel)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let log = shard.entry(channel.clone()).or_insert_with(Log::new);
         log.offset += 1;
         log.remember(log.offset, data.clone(), history);
@@ -106,7 +118,10 @@ impl MemoryEngine {
     }
 
     fn attach_now(&self, channel: &ChannelName, attach: Attach<'_>) -> Position {
-        let mut shard = self.shard(channel).lock().unwrap_or_else(|p| p.into_inner());
+        let mut shard = self
+            .shard(channel)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let log = shard.entry(channel.clone()).or_insert_with(Log::new);
         let position = log.position();
         attach(&position);
@@ -125,7 +140,11 @@ impl Engine for MemoryEngine {
         Box::pin(std::future::ready(Ok(position)))
     }
 
-    fn attach<'a>(&'a self, channel: &'a ChannelName, attach: Attach<'a>) -> EngineFuture<'a, Position> {
+    fn attach<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        attach: Attach<'a>,
+    ) -> EngineFuture<'a, Position> {
         let position = self.attach_now(channel, attach);
         Box::pin(std::future::ready(Ok(position)))
     }
@@ -161,9 +180,18 @@ mod tests {
         let engine = MemoryEngine::new(Arc::downgrade(&sink));
         let a = ChannelName::parse("public:a").unwrap();
         let b = ChannelName::parse("public:b").unwrap();
-        let p1 = engine.publish(&a, Arc::from("1"), policy(10)).await.unwrap();
-        let p2 = engine.publish(&a, Arc::from("2"), policy(10)).await.unwrap();
-        let q1 = engine.publish(&b, Arc::from("3"), policy(10)).await.unwrap();
+        let p1 = engine
+            .publish(&a, Arc::from("1"), policy(10))
+            .await
+            .unwrap();
+        let p2 = engine
+            .publish(&a, Arc::from("2"), policy(10))
+            .await
+            .unwrap();
+        let q1 = engine
+            .publish(&b, Arc::from("3"), policy(10))
+            .await
+            .unwrap();
         assert_eq!((p1.offset, p2.offset, q1.offset), (1, 2, 1));
         assert_eq!(p1.epoch, p2.epoch);
         assert_ne!(p1.epoch, q1.epoch, "each channel has its own epoch");
@@ -185,7 +213,10 @@ mod tests {
         let a = ChannelName::parse("public:a").unwrap();
         let fresh = engine.attach(&a, Box::new(|_| {})).await.unwrap();
         assert_eq!(fresh.offset, 0);
-        engine.publish(&a, Arc::from("1"), policy(10)).await.unwrap();
+        engine
+            .publish(&a, Arc::from("1"), policy(10))
+            .await
+            .unwrap();
         let mut seen = None;
         let pos = engine
             .attach(&a, Box::new(|p| seen = Some(p.offset)))

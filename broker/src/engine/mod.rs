@@ -54,7 +54,8 @@ pub(crate) enum EngineError {
     Unavailable(String),
 }
 
-pub(crate) type EngineFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, EngineError>> + Send + 'a>>;
+pub(crate) type EngineFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, EngineError>> + Send + 'a>>;
 
 /// Called with the channel's position at the instant a subscriber is attached.
 pub(crate) type Attach<'a> = Box<dyn FnOnce(&Position) + Send + 'a>;
@@ -72,5 +73,9 @@ pub(crate) trait Engine: Send + Sync {
     /// Runs `attach` with the channel's latest position such that no
     /// publication of the channel is delivered between reading the position
     /// and `attach` returning: every later publication has a larger offset.
-    fn attach<'a>(&'a self, channel: &'a ChannelName, attach: Attach<'a>) -> EngineFuture<'a, Position>;
+    fn attach<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        attach: Attach<'a>,
+    ) -> EngineFuture<'a, Position>;
 }

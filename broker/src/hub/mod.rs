@@ -173,7 +173,10 @@ impl Hub {
     /// Registers an authenticated (or anonymous) connection. Its pushes
     /// arrive on the returned receiver; dropping the registration ends all
     /// its subscriptions.
-    pub(crate) fn register(&self, identity: Option<Identity>) -> (Registration, mpsc::Receiver<Arc<Push>>) {
+    pub(crate) fn register(
+        &self,
+        identity: Option<Identity>,
+    ) -> (Registration, mpsc::Receiver<Arc<Push>>) {
         let (queue, receiver) = mpsc::channel(self.inner.limits.queue_capacity);
         let connection = Arc::new(Connection {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
@@ -193,9 +196,15 @@ impl Hub {
 
     /// Subscribes after the governing plugin allowed it. Returns the
     /// channel's position at the moment the subscription went live.
-    pub(crate) async fn subscribe(&self, connection: &Arc<Connection>, channel: &ChannelName) -> Result<Position, Refusal> {
+    pub(crate) async fn subscribe(
+        &self,
+        connection: &Arc<Connection>,
+        channel: &ChannelName,
+    ) -> Result<Position, Refusal> {
         if connection.is_subscribed(channel) {
-            return Err(Refusal::bad_request(format!("already subscribed to `{channel}`")));
+            return Err(Refusal::bad_request(format!(
+                "already subscribed to `{channel}`"
+            )));
         }
         let max = self.inner.limits.max_subscriptions;
         if lock(&connection.channels).len() >= max {
@@ -207,7 +216,9 @@ impl Hub {
         let governor = self.governor(channel)?;
         match governor.authorize_subscribe(channel, connection.identity()) {
             SubscribeVerdict::Allow { .. } => {}
-            SubscribeVerdict::Deny { reason } => return Err(Refusal::new(ErrorCode::Forbidden, reason)),
+            SubscribeVerdict::Deny { reason } => {
+                return Err(Refusal::new(ErrorCode::Forbidden, reason))
+            }
             SubscribeVerdict::Fault => return Err(plugin_fault(&governor)),
         }
         let attach_to = connection.clone();
@@ -254,13 +265,18 @@ impl Hub {
             if source == PublishSource::Client && !governor.options().client_publish {
                 return Err(Refusal::new(
                     ErrorCode::Forbidden,
-                    format!("clients may not publish on `{}` channels", channel.namespace()),
+                    format!(
+                        "clients may not publish on `{}` channels",
+                        channel.namespace()
+                    ),
                 ));
             }
             let data: Arc<str> = match governor.on_publish(channel, &data, source, identity) {
                 PublishVerdict::Allow => Arc::from(&*data),
                 PublishVerdict::Replace(replaced) => Arc::from(single_line(&replaced)),
-                PublishVerdict::Deny { reason } => return Err(Refusal::new(ErrorCode::Forbidden, reason)),
+                PublishVerdict::Deny { reason } => {
+                    return Err(Refusal::new(ErrorCode::Forbidden, reason))
+                }
                 PublishVerdict::Fault => return Err(plugin_fault(&governor)),
             };
             let options = governor.options();
@@ -284,18 +300,22 @@ impl Hub {
     }
 
     fn governor(&self, channel: &ChannelName) -> Result<Governor, Refusal> {
-        self.inner.registry.governing(channel.namespace()).ok_or_else(|| {
-            Refusal::new(
-                ErrorCode::NotFound,
-                format!("no plugin governs the namespace `{}`", channel.namespace()),
-            )
-        })
+        self.inner
+            .registry
+            .governing(channel.namespace())
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::NotFound,
+                    format!("no plugin governs the namespace `{}`", channel.namespace()),
+                )
+            })
     }
 }
 
 /// Parses a channel name from a client or the API; a bad one is `bad_request`.
 pub(crate) fn parse_channel(name: &str) -> Result<ChannelName, Refusal> {
-    ChannelName::parse(name).map_err(|e| Refusal::bad_request(format!("invalid channel `{name}`: {e}")))
+    ChannelName::parse(name)
+        .map_err(|e| Refusal::bad_request(format!("invalid channel `{name}`: {e}")))
 }
 
 /// JSON without line breaks. Pushes are `\n`-separated in batched frames
@@ -313,12 +333,18 @@ fn single_line(json: &str) -> std::borrow::Cow<'_, str> {
 fn plugin_fault(governor: &Governor) -> Refusal {
     Refusal::new(
         ErrorCode::Internal,
-        format!("plugin `{}` failed; request refused", governor.plugin_name()),
+        format!(
+            "plugin `{}` failed; request refused",
+            governor.plugin_name()
+        ),
     )
 }
 
 impl Inner {
-    fn shard(&self, channel: &ChannelName) -> std::sync::MutexGuard<'_, HashMap<ChannelName, HashMap<u64, Arc<Connection>>>> {
+    fn shard(
+        &self,
+        channel: &ChannelName,
+    ) -> std::sync::MutexGuard<'_, HashMap<ChannelName, HashMap<u64, Arc<Connection>>>> {
         let i = self.hasher.hash_one(channel) as usize % self.shards.len();
         lock(&self.shards[i])
     }
@@ -354,7 +380,9 @@ impl Sink for Inner {
                 return;
             };
             for connection in subscribers.values() {
-                if let Err(mpsc::error::TrySendError::Full(_)) = connection.queue.try_send(push.clone()) {
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    connection.queue.try_send(push.clone())
+                {
                     overflowed.push(connection.clone());
                 }
             }

@@ -108,17 +108,19 @@ impl Runtime {
     /// Compiles `bytes`, or returns the component compiled earlier from
     /// identical bytes.
     fn compile(&self, sha256: [u8; 32], bytes: &[u8]) -> wasmtime::Result<Arc<Component>> {
-        if let Some(c) = lock(&self.compiled).get(&sha256) {
+        // Held while compiling, so that concurrent loads of one file compile
+        // it once. Loading is rare and off the hot path; hooks never take it.
+        let mut cache = lock(&self.compiled);
+        if let Some(c) = cache.get(&sha256) {
             return Ok(c.clone());
         }
-        // Compile outside the lock: it takes long, and others may be loading.
         let component = Arc::new(Component::new(&self.engine, bytes)?);
-        let mut cache = lock(&self.compiled);
         if cache.len() >= COMPILE_CACHE_SPARE {
             // Forget components that no loaded plugin uses any more.
             cache.retain(|_, c| Arc::strong_count(c) > 1);
         }
-        Ok(cache.entry(sha256).or_insert(component).clone())
+        cache.insert(sha256, component.clone());
+        Ok(component)
     }
 }
 
@@ -195,7 +197,6 @@ impl wit::Host for HostState {}
 /// The hooks, for counters and log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hook {
-    Describe,
     AuthorizeSubscribe,
     OnPublish,
     Filter,
@@ -204,7 +205,6 @@ enum Hook {
 impl Hook {
     fn as_str(self) -> &'static str {
         match self {
-            Hook::Describe => "describe",
             Hook::AuthorizeSubscribe => "authorize-subscribe",
             Hook::OnPublish => "on-publish",
             Hook::Filter => "filter",
@@ -259,12 +259,11 @@ struct Counters {
 }
 
 impl Counters {
-    fn hook(&self, hook: Hook) -> Option<&HookCounters> {
+    fn hook(&self, hook: Hook) -> &HookCounters {
         match hook {
-            Hook::Describe => None,
-            Hook::AuthorizeSubscribe => Some(&self.authorize_subscribe),
-            Hook::OnPublish => Some(&self.on_publish),
-            Hook::Filter => Some(&self.filter),
+            Hook::AuthorizeSubscribe => &self.authorize_subscribe,
+            Hook::OnPublish => &self.on_publish,
+            Hook::Filter => &self.filter,
         }
     }
 }
@@ -359,7 +358,11 @@ impl Plugin {
                 file: file.to_owned(),
                 reason: explain_error(&e, limits),
             })?;
-        let (name, version, namespaces) = check_description(&description, file, limits)?;
+        let Described {
+            name,
+            version,
+            namespaces,
+        } = check_description(&description, file, limits)?;
 
         let name: Arc<str> = name.into();
         instance.store.data_mut().plugin = name.clone();
@@ -374,7 +377,7 @@ impl Plugin {
             pre,
             _component: component,
             config_json,
-            limits: limits.clone(),
+            limits: *limits,
             deadline_ticks,
             idle: Mutex::new(Vec::new()),
             max_idle: max_idle_instances(),
@@ -463,7 +466,10 @@ impl Plugin {
         );
         let verdict = verdict.unwrap_or(SubscribeVerdict::Fault);
         if matches!(verdict, SubscribeVerdict::Deny { .. }) {
-            self.counters.authorize_subscribe.denials.fetch_add(1, Relaxed);
+            self.counters
+                .authorize_subscribe
+                .denials
+                .fetch_add(1, Relaxed);
         }
         verdict
     }
@@ -509,7 +515,12 @@ impl Plugin {
     }
 
     /// One delivery per audience, in order; all `Skip` if the plugin fails.
-    pub(super) fn filter(&self, channel: &str, data_json: &str, audiences: &[String]) -> Vec<Delivery> {
+    pub(super) fn filter(
+        &self,
+        channel: &str,
+        data_json: &str,
+        audiences: &[String],
+    ) -> Vec<Delivery> {
         if !self.filters {
             return vec![Delivery::Original; audiences.len()];
         }
@@ -555,7 +566,10 @@ impl Plugin {
         match deliveries {
             Some(deliveries) => {
                 let skipped = deliveries.iter().filter(|d| **d == Delivery::Skip).count();
-                self.counters.filter.denials.fetch_add(skipped as u64, Relaxed);
+                self.counters
+                    .filter
+                    .denials
+                    .fetch_add(skipped as u64, Relaxed);
                 deliveries
             }
             None => vec![Delivery::Skip; audiences.len()],
@@ -570,9 +584,7 @@ impl Plugin {
         invoke: impl FnOnce(&ChannelPlugin, &mut Store<HostState>) -> wasmtime::Result<T>,
         check: impl FnOnce(T) -> Result<V, String>,
     ) -> Option<V> {
-        if let Some(c) = self.counters.hook(hook) {
-            c.calls.fetch_add(1, Relaxed);
-        }
+        self.counters.hook(hook).calls.fetch_add(1, Relaxed);
         let mut instance = match self.take_instance() {
             Ok(instance) => instance,
             Err(e) => return self.fault(hook, &format!("cannot instantiate: {e:#}")),
@@ -593,9 +605,7 @@ impl Plugin {
     }
 
     fn fault<V>(&self, hook: Hook, reason: &str) -> Option<V> {
-        if let Some(c) = self.counters.hook(hook) {
-            c.faults.fetch_add(1, Relaxed);
-        }
+        self.counters.hook(hook).faults.fetch_add(1, Relaxed);
         tracing::warn!(plugin = %self.name, hook = hook.as_str(), "plugin fault, request refused: {reason}");
         None
     }
@@ -659,7 +669,7 @@ fn instantiate(
 /// one; more would only hold memory.
 fn max_idle_instances() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
-    (cores * 2).clamp(2, 16)
+    (cores * 2).clamp(4, 16)
 }
 
 /// Epoch ticks for `timeout`: the tick in progress may be nearly over, so one
@@ -678,7 +688,9 @@ fn wit_identity(identity: &Identity) -> wit::Identity<'_> {
 
 fn check_size(bytes: usize, max: usize) -> Result<(), String> {
     if bytes > max {
-        Err(format!("answer of {bytes} bytes exceeds the limit of {max} bytes"))
+        Err(format!(
+            "answer of {bytes} bytes exceeds the limit of {max} bytes"
+        ))
     } else {
         Ok(())
     }
@@ -696,7 +708,12 @@ fn explain_error(error: &wasmtime::Error, limits: &PluginLimits) -> String {
         Some(Trap::Interrupt) => {
             format!("exceeded its time limit of {:?}", limits.call_timeout)
         }
-        _ => format!("{error:#}"),
+        // One line: wasm backtraces come as extra lines of context.
+        _ => format!("{error:#}")
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
@@ -713,19 +730,25 @@ fn read_sidecar_config(wasm_file: &Path) -> Result<String, PluginError> {
     Ok(serde_json::to_string(&table).unwrap_or_else(|_| "{}".to_owned()))
 }
 
+/// `describe`'s answer, checked.
+struct Described {
+    name: String,
+    version: String,
+    namespaces: Vec<(String, ChannelOptions)>,
+}
+
 /// Checks `describe`'s answer: a usable name, valid and distinct namespaces.
 fn check_description(
     d: &wit::Description,
     file: &Path,
     limits: &PluginLimits,
-) -> Result<(String, String, Vec<(String, ChannelOptions)>), PluginError> {
+) -> Result<Described, PluginError> {
     let describe_error = |reason: String| PluginError::Describe {
         file: file.to_owned(),
         reason,
     };
-    let size = d.name.len()
-        + d.version.len()
-        + d.namespaces.iter().map(|n| n.name.len()).sum::<usize>();
+    let size =
+        d.name.len() + d.version.len() + d.namespaces.iter().map(|n| n.name.len()).sum::<usize>();
     check_size(size, limits.max_output_bytes).map_err(describe_error)?;
     if !is_plugin_name(&d.name) {
         return Err(describe_error(format!(
@@ -769,7 +792,11 @@ fn check_description(
             },
         ));
     }
-    Ok((d.name.clone(), d.version.clone(), namespaces))
+    Ok(Described {
+        name: d.name.clone(),
+        version: d.version.clone(),
+        namespaces,
+    })
 }
 
 /// Plugin names end up in log fields and metric labels: keep them plain.

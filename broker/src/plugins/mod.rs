@@ -30,11 +30,14 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
+// `HookCounts` and `PluginSummary` are for the admin API and `/metrics`.
+#[allow(unused_imports)]
 pub(crate) use host::{HookCounts, PluginStats};
+#[allow(unused_imports)]
 pub(crate) use registry::{Governor, PluginSummary, Registry};
 
 /// Sandbox limits applied to every plugin call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PluginLimits {
     /// CPU time one hook call may take before it is interrupted (granularity
     /// about 10 ms).
@@ -113,6 +116,7 @@ pub(crate) enum PublishSource {
 
 /// What one audience receives of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(dead_code)] // TODO(lead): until the hub filters per audience
 pub(crate) enum Delivery {
     Skip,
     Original,

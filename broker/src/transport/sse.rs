@@ -22,7 +22,11 @@ use crate::hub::{self, Push, Registration};
 use crate::protocol::{ErrorCode, Refusal};
 use crate::server::AppState;
 
-pub(crate) async fn stream(State(app): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+pub(crate) async fn stream(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     match open(&app, &headers, query.as_deref().unwrap_or("")).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
@@ -30,8 +34,8 @@ pub(crate) async fn stream(State(app): State<AppState>, headers: HeaderMap, RawQ
 }
 
 async fn open(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, ApiError> {
-    let params: Vec<(String, String)> =
-        serde_urlencoded::from_str(query).map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    let params: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
     let mut token = auth::bearer_token(headers).map(str::to_string);
     let mut names = Vec::new();
     for (key, value) in params {
@@ -41,26 +45,27 @@ async fn open(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Respon
             _ => {}
         }
     }
-    let identity = match token {
-        Some(token) => Some(
-            app.verifier
-                .verify(&token)
-                .map_err(|e| ApiError::new(ErrorCode::Unauthorized, format!("invalid token: {e}")))?,
-        ),
-        None if app.config.allow_anonymous => None,
-        None => {
-            return Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                "a token is required (`?token=` or `Authorization: Bearer`)",
-            ))
-        }
-    };
+    let identity =
+        match token {
+            Some(token) => Some(app.verifier.verify(&token).map_err(|e| {
+                ApiError::new(ErrorCode::Unauthorized, format!("invalid token: {e}"))
+            })?),
+            None if app.config.allow_anonymous => None,
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "a token is required (`?token=` or `Authorization: Bearer`)",
+                ))
+            }
+        };
     if names.is_empty() {
         return Err(ApiError::bad_request("name at least one `channel`"));
     }
     let max = app.config.limits.max_subscriptions_per_connection;
     if names.len() > max {
-        return Err(ApiError::bad_request(format!("at most {max} channels per stream")));
+        return Err(ApiError::bad_request(format!(
+            "at most {max} channels per stream"
+        )));
     }
     let channels = names
         .iter()
@@ -86,7 +91,10 @@ async fn open(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Respon
     let live = Live {
         registration,
         queue,
-        cursor: Cursor { channels, positions },
+        cursor: Cursor {
+            channels,
+            positions,
+        },
         shutdown: app.shutdown.clone(),
     };
     let events = stream::iter(opening.into_iter().map(Ok)).chain(live.into_stream());

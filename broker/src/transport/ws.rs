@@ -175,11 +175,13 @@ impl Session {
         if self.app.config.allow_anonymous {
             return Some(Authenticated::Implicitly(None));
         }
-        let deadline = Instant::now() + Duration::from_secs(self.app.config.websocket.connect_timeout_seconds);
+        let deadline =
+            Instant::now() + Duration::from_secs(self.app.config.websocket.connect_timeout_seconds);
         loop {
             let frame = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
                 Err(_elapsed) => {
-                    self.close(close_code::UNAUTHORIZED, "no connect within the time limit").await;
+                    self.close(close_code::UNAUTHORIZED, "no connect within the time limit")
+                        .await;
                     return None;
                 }
                 Ok(None) => return None,
@@ -192,7 +194,10 @@ impl Session {
             let text = match frame {
                 Message::Text(text) => text,
                 Message::Binary(_) => {
-                    let reply = protocol::error_reply(None, &Refusal::bad_request("binary frames are not supported"));
+                    let reply = protocol::error_reply(
+                        None,
+                        &Refusal::bad_request("binary frames are not supported"),
+                    );
                     self.send_text(reply).await.ok()?;
                     continue;
                 }
@@ -229,7 +234,12 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, command: Command, registration: &Registration, connect_answered: &mut bool) -> String {
+    async fn handle(
+        &mut self,
+        command: Command,
+        registration: &Registration,
+        connect_answered: &mut bool,
+    ) -> String {
         let id = command.id;
         let result = match command.kind {
             CommandKind::Connect { batch, .. } => {
@@ -246,13 +256,20 @@ impl Session {
                 self.app.hub.unsubscribe(registration, &channel);
                 json!({"id": id, "type": "unsubscribed", "channel": channel.as_str()}).to_string()
             }),
-            CommandKind::Publish { channel, data } => self.publish(id, &channel, data.get(), registration).await,
+            CommandKind::Publish { channel, data } => {
+                self.publish(id, &channel, data.get(), registration).await
+            }
             CommandKind::Ping => Ok(json!({"id": id, "type": "pong"}).to_string()),
         };
         result.unwrap_or_else(|refusal| protocol::error_reply(Some(id), &refusal))
     }
 
-    async fn subscribe(&mut self, id: u64, channel: &str, registration: &Registration) -> Result<String, Refusal> {
+    async fn subscribe(
+        &mut self,
+        id: u64,
+        channel: &str,
+        registration: &Registration,
+    ) -> Result<String, Refusal> {
         let channel = hub::parse_channel(channel)?;
         let position = self.app.hub.subscribe(registration, &channel).await?;
         Ok(json!({
@@ -265,7 +282,13 @@ impl Session {
         .to_string())
     }
 
-    async fn publish(&mut self, id: u64, channel: &str, data: &str, registration: &Registration) -> Result<String, Refusal> {
+    async fn publish(
+        &mut self,
+        id: u64,
+        channel: &str,
+        data: &str,
+        registration: &Registration,
+    ) -> Result<String, Refusal> {
         let max = self.app.config.limits.max_publish_bytes;
         if data.len() > max {
             return Err(Refusal::new(
@@ -277,7 +300,12 @@ impl Session {
         let positions = self
             .app
             .hub
-            .publish(std::slice::from_ref(&channel), data, PublishSource::Client, registration.identity())
+            .publish(
+                std::slice::from_ref(&channel),
+                data,
+                PublishSource::Client,
+                registration.identity(),
+            )
             .await?;
         let position = &positions[0];
         Ok(json!({
@@ -302,7 +330,11 @@ impl Session {
     }
 
     /// Writes `first` and whatever else is queued, then flushes once.
-    async fn write_pushes(&mut self, first: Arc<Push>, queue: &mut mpsc::Receiver<Arc<Push>>) -> Result<(), axum::Error> {
+    async fn write_pushes(
+        &mut self,
+        first: Arc<Push>,
+        queue: &mut mpsc::Receiver<Arc<Push>>,
+    ) -> Result<(), axum::Error> {
         if self.batch {
             let mut frame = String::from(first.frame.as_str());
             let mut drained = 1;
@@ -310,13 +342,17 @@ impl Session {
                 let Ok(next) = queue.try_recv() else { break };
                 drained += 1;
                 if frame.len() + 1 + next.frame.len() > MAX_BATCH_FRAME_BYTES {
-                    self.socket.feed(Message::Text(Utf8Bytes::from(std::mem::take(&mut frame)))).await?;
+                    self.socket
+                        .feed(Message::Text(Utf8Bytes::from(std::mem::take(&mut frame))))
+                        .await?;
                 } else {
                     frame.push('\n');
                 }
                 frame.push_str(next.frame.as_str());
             }
-            self.socket.feed(Message::Text(Utf8Bytes::from(frame))).await?;
+            self.socket
+                .feed(Message::Text(Utf8Bytes::from(frame)))
+                .await?;
         } else {
             self.socket.feed(Message::Text(first.frame.clone())).await?;
             for _ in 1..MAX_PUSHES_PER_FLUSH {
@@ -333,7 +369,11 @@ impl Session {
 
     async fn refuse_token(&mut self, id: Option<u64>, why: &str) {
         let refusal = Refusal::new(ErrorCode::Unauthorized, format!("invalid token: {why}"));
-        if self.send_text(protocol::error_reply(id, &refusal)).await.is_ok() {
+        if self
+            .send_text(protocol::error_reply(id, &refusal))
+            .await
+            .is_ok()
+        {
             self.close(close_code::UNAUTHORIZED, &refusal.message).await;
         }
     }
@@ -346,7 +386,11 @@ impl Session {
             .is_some_and(|e| matches!(e, WsError::Capacity(_)));
         if too_big {
             let max = self.app.config.limits.max_frame_bytes;
-            self.close(close_code::TOO_BIG, &format!("frame larger than {max} bytes")).await;
+            self.close(
+                close_code::TOO_BIG,
+                &format!("frame larger than {max} bytes"),
+            )
+            .await;
         } else {
             tracing::debug!("websocket read failed: {error}");
         }

@@ -11,8 +11,10 @@ pub struct Public;
 
 impl ChannelPlugin for Public {
     fn describe() -> Description {
-        Description::new("public", env!("CARGO_PKG_VERSION"))
-            .namespace("public", ChannelOptions::new().history(100, Duration::from_secs(600)))
+        Description::new("public", env!("CARGO_PKG_VERSION")).namespace(
+            "public",
+            ChannelOptions::new().history(100, Duration::from_secs(600)),
+        )
     }
 
     fn authorize_subscribe(req: &SubscribeRequest) -> SubscribeDecision {
@@ -46,7 +48,10 @@ mod tests {
         assert_eq!(options.history_size, 100);
         assert_eq!(options.history_ttl, Duration::from_secs(600));
         assert!(!options.presence, "no presence on public channels");
-        assert!(!options.client_publish, "clients do not publish on public channels");
+        assert!(
+            !options.client_publish,
+            "clients do not publish on public channels"
+        );
         assert!(!description.filters(), "every reader sees the same message");
     }
 
@@ -55,9 +60,14 @@ mod tests {
         for perm in ["user", "autor", "dozent", "root"] {
             let req = SubscribeRequest::for_channel("public:news")
                 .by_user("e7a0a84b161f3e8c09b4a0a2e8a58147", json!({ "perm": perm }));
-            assert_eq!(Public::authorize_subscribe(&req), SubscribeDecision::allow(), "perm {perm}");
+            assert_eq!(
+                Public::authorize_subscribe(&req),
+                SubscribeDecision::allow(),
+                "perm {perm}"
+            );
         }
-        let no_claims = SubscribeRequest::for_channel("public:maintenance").by_user("u1", json!({}));
+        let no_claims =
+            SubscribeRequest::for_channel("public:maintenance").by_user("u1", json!({}));
         assert!(Public::authorize_subscribe(&no_claims).is_allowed());
     }
 
@@ -81,6 +91,9 @@ mod tests {
             .by_user("u1", json!({ "perm": "root" }));
         let decision = Public::on_publish(&req);
         assert!(!decision.is_allowed());
-        assert_eq!(decision.deny_reason(), Some("clients may not publish on public channels"));
+        assert_eq!(
+            decision.deny_reason(),
+            Some("clients may not publish on public channels")
+        );
     }
 }
