@@ -158,7 +158,13 @@ impl WsClient {
             let value = if let Some(v) = self.pending.pop_front() {
                 v
             } else {
-                match self.recv_frame().await {
+                let Ok(frame) = tokio::time::timeout(self.timeout, self.next_frame()).await else {
+                    panic!(
+                        "no reply to {cmd} within {:?}; received meanwhile: {skipped:?}",
+                        self.timeout
+                    );
+                };
+                match frame {
                     Frame::Text(text) => {
                         self.queue_text(&text);
                         continue;

@@ -47,7 +47,6 @@ async fn malformed_frames_get_bad_request_and_the_connection_lives_on() {
     let cases: Vec<(u64, Value)> = vec![
         (10, json!({"id": 10, "type": "dance"})),
         (11, json!({"id": 11, "type": "subscribe"})),
-        (12, json!({"id": 12, "type": "subscribe", "channel": 42})),
         (
             13,
             json!({"id": 13, "type": "subscribe", "channel": "nocolon"}),
@@ -99,6 +98,29 @@ async fn malformed_frames_get_bad_request_and_the_connection_lives_on() {
     let push = ws.recv_json().await;
     assert_eq!(push["offset"], result["offset"], "{push}");
     assert_eq!(push["data"], json!({"ok": true}));
+}
+
+#[tokio::test]
+async fn wrongly_typed_field_is_bad_request_answering_the_id() {
+    let server = Server::start().await;
+    let mut ws = server
+        .ws(&format!("/ws?token={}", server.token("u-typed")))
+        .await;
+    // The id is plain to see, so the error must carry it (the client is waiting for it).
+    for (id, cmd) in [
+        (12, json!({"id": 12, "type": "subscribe", "channel": 42})),
+        (
+            13,
+            json!({"id": 13, "type": "unsubscribe", "channel": ["public:news"]}),
+        ),
+        (14, json!({"id": 14, "type": "connect", "token": 5})),
+    ] {
+        ws.send_json(&cmd).await;
+        let reply = ws.recv_json().await;
+        assert_ws_error(&reply, "bad_request");
+        assert_eq!(reply["id"], id, "for {cmd}: {reply}");
+    }
+    assert_alive(&mut ws).await;
 }
 
 #[tokio::test]

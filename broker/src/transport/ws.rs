@@ -102,16 +102,21 @@ impl Session {
         ping.reset();
         let mut last_heard = Instant::now();
         let mut shutdown = self.app.shutdown.clone();
+        // Pinned once: re-creating these per loop turn would register and
+        // unregister a waiter (a mutex round trip) for every push written.
+        let cut_off = registration.cut_off();
+        let shutting_down = shutdown.changed();
+        tokio::pin!(cut_off, shutting_down);
         loop {
             tokio::select! {
                 biased;
-                reason = registration.cut_off() => {
+                reason = &mut cut_off => {
                     let CutOff::SlowConsumer = reason;
                     tracing::info!(connection = registration.id(), "cut off: {}", reason.reason());
                     self.close(close_code::SLOW_CONSUMER, reason.reason()).await;
                     return;
                 }
-                _ = shutdown.changed() => {
+                _ = &mut shutting_down => {
                     self.close(close_code::GOING_AWAY, "server shutting down").await;
                     return;
                 }
