@@ -84,14 +84,16 @@ pub(crate) enum CommandKind {
 
 /// Every field any command may carry; unknown fields are ignored so that
 /// newer clients keep working against this broker.
+/// Field types are checked after the `id` is known, so that even a frame
+/// with a wrongly typed field gets an error reply carrying its `id`.
 #[derive(Deserialize)]
 struct RawCommand {
     id: Option<Value>,
     #[serde(rename = "type")]
-    kind: Option<String>,
-    channel: Option<String>,
-    token: Option<String>,
-    batch: Option<bool>,
+    kind: Option<Value>,
+    channel: Option<Value>,
+    token: Option<Value>,
+    batch: Option<Value>,
     data: Option<Box<RawValue>>,
 }
 
@@ -126,12 +128,20 @@ impl Command {
             id: Some(id),
             refusal: Refusal::bad_request(message),
         };
-        let channel =
-            |raw_channel: Option<String>| raw_channel.ok_or_else(|| refuse("`channel` is missing"));
-        let kind = match raw.kind.as_deref() {
+        let string = |field: Option<Value>, name: &str| match field {
+            Some(Value::String(s)) => Ok(Some(s)),
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => Err(refuse(&format!("`{name}` must be a string"))),
+        };
+        let channel = |field: Option<Value>| string(field, "channel")?.ok_or_else(|| refuse("`channel` is missing"));
+        let kind = match string(raw.kind, "type")?.as_deref() {
             Some("connect") => CommandKind::Connect {
-                token: raw.token,
-                batch: raw.batch.unwrap_or(false),
+                token: string(raw.token, "token")?,
+                batch: match raw.batch {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => b,
+                    Some(_) => return Err(refuse("`batch` must be true or false")),
+                },
             },
             Some("subscribe") => CommandKind::Subscribe {
                 channel: channel(raw.channel)?,
@@ -221,6 +231,11 @@ mod tests {
         assert_eq!(e.id, Some(8));
         let e = Command::parse(r#"{"id":9,"type":"publish","channel":"a:b"}"#).unwrap_err();
         assert_eq!(e.id, Some(9));
+        let e = Command::parse(r#"{"id":10,"type":"subscribe","channel":42}"#).unwrap_err();
+        assert_eq!(e.id, Some(10));
+        assert!(e.refusal.message.contains("channel"));
+        let e = Command::parse(r#"{"id":11,"type":"connect","token":5}"#).unwrap_err();
+        assert_eq!(e.id, Some(11));
     }
 
     #[test]
