@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
 use futures_util::stream::{self, StreamExt};
 use futures_util::SinkExt;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -76,11 +78,23 @@ impl Broker {
         }
     }
 
-    pub(crate) async fn publisher(self, addr: SocketAddr, channel: &str) -> Result<Publisher> {
+    /// `http_concurrency`: Stellwerk publish requests in flight at once.
+    pub(crate) async fn publisher(
+        self,
+        addr: SocketAddr,
+        channel: &str,
+        http_concurrency: usize,
+    ) -> Result<Publisher> {
         Ok(match self {
-            Broker::Stellwerk => {
-                Publisher::Http(stellwerk::Publisher::new(addr, servers::API_KEY, channel)?)
-            }
+            Broker::Stellwerk => Publisher::Http {
+                publisher: stellwerk::Publisher::new(
+                    addr,
+                    servers::API_KEY,
+                    channel,
+                    http_concurrency,
+                )?,
+                concurrency: http_concurrency.max(1),
+            },
             Broker::Nats => Publisher::Nats(Box::new(
                 nats::Publisher::connect(addr, &nats_subject(channel)).await?,
             )),
@@ -106,18 +120,132 @@ pub(crate) struct Connection {
 
 /// Publishes benchmark messages, one per request (HTTP) or frame (NATS).
 pub(crate) enum Publisher {
-    Http(stellwerk::Publisher),
+    /// Open loop: a request starts when it is due, whether or not earlier ones have been
+    /// answered, up to `concurrency` in flight. A slow answer must not hold back the next
+    /// message, or the latency figures would hide the slowness (coordinated omission).
+    Http {
+        publisher: stellwerk::Publisher,
+        concurrency: usize,
+    },
+    /// One connection, fire-and-forget, as NATS clients publish.
     Nats(Box<nats::Publisher>),
 }
 
-impl Publisher {
-    /// Stamps message `seq` with the current time and sends it.
-    pub(crate) async fn publish(&mut self, seq: u64, size: usize) -> Result<()> {
-        let message = payload::message(seq, payload::now_nanos(), size);
-        match self {
-            Publisher::Http(p) => p.publish(&message).await,
-            Publisher::Nats(p) => p.publish(&message).await,
+/// How publishing went.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
+    pub(crate) first_error: Option<String>,
+    pub(crate) timed_out: bool,
+    consecutive_errors: u32,
+}
+
+impl Published {
+    /// Gives up after this many failures in a row: the server is not accepting publishes.
+    const GIVE_UP_AFTER: u32 = 20;
+
+    fn record(&mut self, result: Result<()>) {
+        match result {
+            Ok(()) => {
+                self.ok += 1;
+                self.consecutive_errors = 0;
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.consecutive_errors += 1;
+                self.first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
         }
+    }
+
+    fn given_up(&self) -> bool {
+        self.consecutive_errors >= Self::GIVE_UP_AFTER
+    }
+}
+
+impl Publisher {
+    /// Publishes messages `0..messages` of `size` bytes, each stamped with its send time,
+    /// at `rate` per second (or as fast as possible), until `deadline`.
+    pub(crate) async fn run(
+        self,
+        messages: u64,
+        rate: Option<f64>,
+        size: usize,
+        deadline: Instant,
+    ) -> Published {
+        let start = Instant::now();
+        let mut report = Published::default();
+        let due = |seq: u64| {
+            rate.map(|r| (start + Duration::from_secs_f64(seq as f64 / r)).min(deadline))
+        };
+        match self {
+            Publisher::Http {
+                publisher,
+                concurrency,
+            } => {
+                let permits = Arc::new(Semaphore::new(concurrency));
+                let mut in_flight = JoinSet::new();
+                for seq in 0..messages {
+                    if let Some(due) = due(seq) {
+                        tokio::time::sleep_until(due).await;
+                    }
+                    let permit =
+                        match tokio::time::timeout_at(deadline, permits.clone().acquire_owned())
+                            .await
+                        {
+                            Ok(Ok(permit)) if Instant::now() < deadline => permit,
+                            _ => {
+                                report.timed_out = true;
+                                break;
+                            }
+                        };
+                    while let Some(done) = in_flight.try_join_next() {
+                        report.record(done.map_err(anyhow::Error::from).and_then(|r| r));
+                    }
+                    if report.given_up() {
+                        break;
+                    }
+                    let publisher = publisher.clone();
+                    in_flight.spawn(async move {
+                        let result = publisher
+                            .publish(&payload::message(seq, payload::now_nanos(), size))
+                            .await;
+                        drop(permit);
+                        result
+                    });
+                }
+                loop {
+                    match tokio::time::timeout_at(deadline, in_flight.join_next()).await {
+                        Ok(Some(done)) => {
+                            report.record(done.map_err(anyhow::Error::from).and_then(|r| r))
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            report.timed_out = true;
+                            break; // dropping the set aborts what is left
+                        }
+                    }
+                }
+            }
+            Publisher::Nats(mut publisher) => {
+                for seq in 0..messages {
+                    if let Some(due) = due(seq) {
+                        tokio::time::sleep_until(due).await;
+                    }
+                    if Instant::now() >= deadline {
+                        report.timed_out = true;
+                        break;
+                    }
+                    let message = payload::message(seq, payload::now_nanos(), size);
+                    report.record(publisher.publish(&message).await);
+                    if report.given_up() {
+                        break;
+                    }
+                }
+            }
+        }
+        report
     }
 }
 

@@ -29,6 +29,8 @@ pub(crate) struct Params {
     pub(crate) drain_idle: Duration,
     pub(crate) connect_concurrency: usize,
     pub(crate) read_buffer: usize,
+    /// Stellwerk publish requests in flight at once (NATS publishes fire-and-forget).
+    pub(crate) http_concurrency: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -116,39 +118,19 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
             ))
         })
         .collect();
-    let mut publisher = broker.publisher(addr, &p.channel).await?;
+    let publisher = broker
+        .publisher(addr, &p.channel, p.http_concurrency)
+        .await?;
 
     let cpu_before = procfs::cpu_seconds(pid)?;
     let gen_before = procfs::own_cpu_seconds()?;
     let t0 = payload::now_nanos();
     let start = Instant::now();
-    let mut timed_out = opened.timed_out;
-    let (mut published, mut publish_errors, mut consecutive_errors) = (0u64, 0u64, 0u32);
-    let mut first_publish_error = None;
-    for seq in 0..p.messages as u64 {
-        if let Some(rate) = p.rate {
-            let due = start + Duration::from_secs_f64(seq as f64 / rate);
-            tokio::time::sleep_until(due.min(deadline)).await;
-        }
-        if Instant::now() >= deadline {
-            timed_out = true;
-            break;
-        }
-        match publisher.publish(seq, p.size).await {
-            Ok(()) => {
-                published += 1;
-                consecutive_errors = 0;
-            }
-            Err(e) => {
-                publish_errors += 1;
-                consecutive_errors += 1;
-                first_publish_error.get_or_insert_with(|| format!("{e:#}"));
-                if consecutive_errors >= 20 {
-                    break;
-                }
-            }
-        }
-    }
+    let report = publisher
+        .run(p.messages as u64, p.rate, p.size, deadline)
+        .await;
+    let mut timed_out = opened.timed_out || report.timed_out;
+    let published = report.ok;
     let publish_s = start.elapsed().as_secs_f64();
 
     // Drain: until everything arrived, nothing arrives any more, or time is up.
@@ -200,8 +182,8 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
         subscribers_failed: opened.failed,
         first_connect_error: opened.first_error,
         published,
-        publish_errors,
-        first_publish_error,
+        publish_errors: report.errors,
+        first_publish_error: report.first_error,
         expected,
         delivered: received,
         lost: expected.saturating_sub(received),

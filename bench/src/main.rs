@@ -91,7 +91,7 @@ struct FanoutArgs {
     #[arg(long, default_value_t = 2000)]
     messages: usize,
     /// Publish rate of the paced runs, messages per second.
-    #[arg(long, default_value_t = 200.0)]
+    #[arg(long, default_value_t = 100.0)]
     rate: f64,
     /// Paced (at --rate), unpaced (as fast as one publisher goes), or both.
     #[arg(long, value_enum, default_value_t = Pace::Both)]
@@ -111,6 +111,13 @@ struct FanoutArgs {
     /// Read buffer per subscriber connection, bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     read_buffer: usize,
+    /// Stellwerk `POST /api/publish` requests in flight at once (each on its own kept-alive
+    /// connection). Publishing is open-loop: a message is sent when due, not when the
+    /// previous answer came back, as long as fewer than this many are unanswered. High by
+    /// default so that the unpaced runs measure the broker, not the HTTP round trip (the NATS
+    /// publisher does not wait for answers at all).
+    #[arg(long, default_value_t = 256)]
+    http_concurrency: usize,
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +274,7 @@ async fn run_fanout(
                     drain_idle: Duration::from_secs(a.drain_idle),
                     connect_concurrency: a.connect_concurrency,
                     read_buffer: a.read_buffer,
+                    http_concurrency: a.http_concurrency,
                 };
                 let what = format!(
                     "fanout {} batch={} pace={}",
@@ -302,6 +310,7 @@ async fn run_fanout(
         "params": {
             "subscribers": a.subscribers, "messages": a.messages, "rate": a.rate,
             "size": a.size, "channel": c.channel, "timeout_s": c.timeout,
+            "http_concurrency": a.http_concurrency,
         },
         "results": outcomes,
         "failures": failures,

@@ -68,7 +68,9 @@ pub(crate) async fn subscriber(
     }
 }
 
-/// `POST /api/publish`, one message per request, over a kept-alive HTTP/1.1 connection.
+/// `POST /api/publish`, one message per request, over kept-alive HTTP/1.1 connections.
+/// Cheap to clone: clones share the connection pool.
+#[derive(Clone)]
 pub(crate) struct Publisher {
     client: reqwest::Client,
     url: String,
@@ -77,10 +79,16 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    pub(crate) fn new(addr: SocketAddr, api_key: &str, channel: &str) -> Result<Self> {
+    /// `connections`: how many requests may be in flight, each on its own connection.
+    pub(crate) fn new(
+        addr: SocketAddr,
+        api_key: &str,
+        channel: &str,
+        connections: usize,
+    ) -> Result<Self> {
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
-            .pool_max_idle_per_host(4)
+            .pool_max_idle_per_host(connections)
             .build()?;
         Ok(Self {
             client,

@@ -67,11 +67,6 @@ impl ChannelName {
     pub(crate) fn namespace(&self) -> &str {
         &self.full[..self.namespace_len]
     }
-
-    /// Everything after the first `:`.
-    pub(crate) fn rest(&self) -> &str {
-        &self.full[self.namespace_len + 1..]
-    }
 }
 
 /// True if `name` is a valid namespace (`[a-z0-9_-]{1,64}`).
@@ -107,7 +102,6 @@ mod tests {
     fn splits_namespace_and_rest_at_first_colon() {
         let c = ChannelName::parse("course:0123abcd:chat:v2").unwrap();
         assert_eq!(c.namespace(), "course");
-        assert_eq!(c.rest(), "0123abcd:chat:v2");
         assert_eq!(c.as_str(), "course:0123abcd:chat:v2");
     }
 

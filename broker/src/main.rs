@@ -1,7 +1,7 @@
 //! The `stellwerk` binary: parses the command line, sets up logging, and
 //! hands over to the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -45,13 +45,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config } => serve(config.as_deref()),
         Command::Token {
             sub,
             claims,
             ttl,
             config,
-        } => match token(config, &sub, &claims, ttl) {
+        } => match token(config.as_deref(), &sub, &claims, ttl) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
@@ -64,13 +64,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(file: Option<PathBuf>) -> Result<Config, stellwerk::config::ConfigError> {
+fn load_config(file: Option<&Path>) -> Result<Config, stellwerk::config::ConfigError> {
     // `vars()` would panic on a non-UTF-8 variable anywhere in the environment.
-    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    Config::load(file.as_deref(), env)
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    Config::load(file, env)
 }
 
-fn serve(file: Option<PathBuf>) -> ExitCode {
+fn serve(file: Option<&Path>) -> ExitCode {
     let embedded = file.is_none();
     let mut config = match load_config(file) {
         Ok(config) => config,
@@ -118,14 +119,13 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("stellwerk: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn token(file: Option<PathBuf>, sub: &str, claims: &str, ttl: u64) -> anyhow::Result<String> {
+fn token(file: Option<&Path>, sub: &str, claims: &str, ttl: u64) -> anyhow::Result<String> {
     let config = load_config(file)?;
     let secret = config
         .jwt

@@ -133,7 +133,9 @@ impl Command {
             None | Some(Value::Null) => Ok(None),
             Some(_) => Err(refuse(&format!("`{name}` must be a string"))),
         };
-        let channel = |field: Option<Value>| string(field, "channel")?.ok_or_else(|| refuse("`channel` is missing"));
+        let channel = |field: Option<Value>| {
+            string(field, "channel")?.ok_or_else(|| refuse("`channel` is missing"))
+        };
         let kind = match string(raw.kind, "type")?.as_deref() {
             Some("connect") => CommandKind::Connect {
                 token: string(raw.token, "token")?,

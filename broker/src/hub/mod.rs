@@ -101,8 +101,11 @@ pub(crate) struct Hub {
     inner: Arc<Inner>,
 }
 
+/// A channel's local subscribers by connection id.
+type Subscribers = HashMap<u64, Arc<Connection>>;
+
 struct Inner {
-    shards: Box<[Mutex<HashMap<ChannelName, HashMap<u64, Arc<Connection>>>>]>,
+    shards: Box<[Mutex<HashMap<ChannelName, Subscribers>>]>,
     hasher: RandomState,
     engine: Arc<dyn Engine>,
     registry: Arc<Registry>,
@@ -344,7 +347,7 @@ impl Inner {
     fn shard(
         &self,
         channel: &ChannelName,
-    ) -> std::sync::MutexGuard<'_, HashMap<ChannelName, HashMap<u64, Arc<Connection>>>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<ChannelName, Subscribers>> {
         let i = self.hasher.hash_one(channel) as usize % self.shards.len();
         lock(&self.shards[i])
     }

@@ -323,13 +323,19 @@ fn only_wasm_files_directly_in_the_directory_count() {
 ///
 /// filter: `w` answers no deliveries at all; else per audience: `y…`
 /// original, `r…` replace with `[1]`, anything else skip.
+///
+/// Memory: a bump allocator, reset by every export's post-return, and a
+/// `config-json` import (the host's other imports are left unused).
 fn sandbox_component(namespace: &str) -> Vec<u8> {
+    wat::parse_str(sandbox_wat(namespace)).unwrap()
+}
+
+fn sandbox_wat(namespace: &str) -> String {
     assert!(namespace.len() < 16 && namespace.bytes().all(|b| b != b'"' && b != b'\\'));
-    let wat = SANDBOX_WAT
+    SANDBOX_WAT
         .replace("NAMESPACE_LEN", &namespace.len().to_string())
         .replace("NAMESPACE", namespace)
-        .replace("SELECTOR", &(namespace.len() + 1).to_string());
-    wat::parse_str(wat).unwrap()
+        .replace("SELECTOR", &(namespace.len() + 1).to_string())
 }
 
 const SANDBOX_WAT: &str = r#"
@@ -344,7 +350,10 @@ const SANDBOX_WAT: &str = r#"
       (local $p i32)
       (local.set $p (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)))
       (global.set $heap (i32.add (local.get $p) (local.get 3)))
-      (local.get $p)))
+      (local.get $p))
+    ;; post-return of every export: the call's allocations are dead now
+    (func (export "reset") (param i32)
+      (global.set $heap (i32.const 65536))))
   (core instance $libc (instantiate $libc))
   (core func $config-json (canon lower (func $host "config-json")
     (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
@@ -526,13 +535,17 @@ const SANDBOX_WAT: &str = r#"
   (export $delivery "delivery" (type $delivery'))
 
   (func (export "describe") (result $description)
-    (canon lift (core func $i "describe") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+    (canon lift (core func $i "describe") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+    (post-return (core func $libc "reset"))))
   (func (export "authorize-subscribe") (param "request" $subscribe-request) (result $subscribe-decision)
-    (canon lift (core func $i "authorize-subscribe") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+    (canon lift (core func $i "authorize-subscribe") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+    (post-return (core func $libc "reset"))))
   (func (export "on-publish") (param "request" $publish-request) (result $publish-decision)
-    (canon lift (core func $i "on-publish") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+    (canon lift (core func $i "on-publish") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+    (post-return (core func $libc "reset"))))
   (func (export "filter") (param "request" $filter-request) (result (list $delivery))
-    (canon lift (core func $i "filter") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))))
+    (canon lift (core func $i "filter") (memory (core memory $libc "memory")) (realloc (core func $libc "realloc"))
+    (post-return (core func $libc "reset"))))
 )
 "#;
 
@@ -762,6 +775,27 @@ fn an_invalid_namespace_is_refused_naming_the_plugin() {
             assert_eq!(plugin.file, file);
         }
         other => panic!("expected a bad namespace error, got {other}"),
+    }
+}
+
+#[test]
+fn a_plugin_that_traps_in_describe_is_refused_by_name() {
+    let dir = TempDir::new("sandbox-describe-trap");
+    let file = dir.path().join("broken.wasm");
+    let wat = sandbox_wat("sandbox").replace(
+        r#"(func (export "describe") (result i32)"#,
+        r#"(func (export "describe") (result i32) unreachable"#,
+    );
+    std::fs::write(&file, wat::parse_str(wat).unwrap()).unwrap();
+    match load_err(&dir) {
+        PluginError::Describe {
+            file: named,
+            reason,
+        } => {
+            assert_eq!(named, file);
+            assert!(reason.contains("unreachable"), "{reason}");
+        }
+        other => panic!("expected a describe error, got {other}"),
     }
 }
 
