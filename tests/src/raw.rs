@@ -18,6 +18,7 @@ pub struct RawFrame {
 impl RawFrame {
     pub const TEXT: u8 = 0x1;
     pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
 
     /// The close code of a close frame (1005 when it carries none).
     pub fn close_code(&self) -> u16 {

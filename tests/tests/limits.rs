@@ -116,3 +116,41 @@ async fn slow_consumer_is_cut_off_while_the_others_get_everything() {
     }
     println!("stalled client got {messages} of {MESSAGES} messages, close frame {close:?}");
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_dropped_with_4002() {
+    let server = Server::builder()
+        .env("STELLWERK_WEBSOCKET_PING_INTERVAL_SECONDS", 1)
+        .env("STELLWERK_WEBSOCKET_PONG_TIMEOUT_SECONDS", 2)
+        .start()
+        .await;
+    // The raw client never answers pings, like a laptop that went to sleep.
+    let token = server.token("u-asleep");
+    let mut asleep = RawWs::connect(server.addr(), &format!("/ws?token={token}"), 64 * 1024)
+        .await
+        .expect("raw WebSocket");
+    let mut pings = 0;
+    let close = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let frame = asleep.read_frame().await.expect("server closes, not drops");
+            match frame.opcode {
+                RawFrame::PING => pings += 1,
+                RawFrame::CLOSE => return frame,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the broker drops a silent peer within the pong timeout");
+    assert!(pings >= 1, "the broker pinged before giving up");
+    assert_eq!(close.close_code(), 4002);
+
+    // A client that keeps reading (tungstenite answers pings while it reads) stays
+    // connected well past the pong timeout.
+    let (mut awake, _) = server.subscriber("u-awake", "public:news").await;
+    for id in 10..18 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let reply = awake.request(json!({"id": id, "type": "ping"})).await;
+        assert_eq!(reply["type"], "pong", "{reply}");
+    }
+}
