@@ -151,8 +151,12 @@ pub(crate) fn find_or_install(plugins_dir: &Path) -> Result<Toolchain> {
             return Ok(toolchain);
         }
     }
+    let forced = match std::env::var(FORCE_VAR) {
+        Ok(value) => format!(" ({FORCE_VAR}={value} narrows the choice)"),
+        Err(_) => String::new(),
+    };
     bail!(
-        "cannot build {TARGET}. Run `rustup target add {TARGET}`, or on Debian/Ubuntu \
+        "cannot build {TARGET}{forced}. Run `rustup target add {TARGET}`, or on Debian/Ubuntu \
          `sudo apt-get install -y {}`, then try again",
         DEBIAN_PACKAGES.join(" ")
     )
@@ -193,9 +197,6 @@ fn find(plugins_dir: &Path) -> Result<Option<Toolchain>> {
             .or_else(|| pick(Std::BuildStd).map(|c| (c, Std::BuildStd))),
     };
     let Some(((rustc, is_default), std)) = chosen else {
-        if let Some(std) = wanted {
-            bail!("{FORCE_VAR} asks for {std:?}, but no Rust compiler here offers it");
-        }
         return Ok(None);
     };
 
@@ -240,7 +241,7 @@ fn install(plugins_dir: &Path) -> bool {
     }
     let apt_install = || {
         Cmd::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
+            .args(["install", "-y"])
             .args(DEBIAN_PACKAGES)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .run()

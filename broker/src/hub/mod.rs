@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, Notify};
 use crate::auth::Identity;
 use crate::channel::ChannelName;
 use crate::engine::{Engine, HistoryPolicy, Position, Publication, Sink};
-use crate::plugins::{Governor, PublishSource, PublishVerdict, Registry, SubscribeVerdict};
+use crate::plugins::{
+    Delivery, Governor, PublishSource, PublishVerdict, Registry, SubscribeVerdict,
+};
 use crate::protocol::{self, ErrorCode, Refusal};
 
 const SHARDS: usize = 64;
@@ -101,8 +103,54 @@ pub(crate) struct Hub {
     inner: Arc<Inner>,
 }
 
-/// A channel's local subscribers by connection id.
-type Subscribers = HashMap<u64, Arc<Connection>>;
+/// A channel's local subscribers, and how many of them are in each audience
+/// (the plugin's `filter` is called once per message for the distinct ones).
+#[derive(Default)]
+struct Subscribers {
+    by_connection: HashMap<u64, Subscriber>,
+    audiences: HashMap<Arc<str>, usize>,
+}
+
+struct Subscriber {
+    connection: Arc<Connection>,
+    /// The audience tag the plugin gave at subscribe time; `""` for none.
+    audience: Arc<str>,
+}
+
+impl Subscribers {
+    fn insert(&mut self, connection: Arc<Connection>, audience: Arc<str>) {
+        *self.audiences.entry(audience.clone()).or_default() += 1;
+        let id = connection.id;
+        if let Some(old) = self.by_connection.insert(
+            id,
+            Subscriber {
+                connection,
+                audience,
+            },
+        ) {
+            self.forget_audience(&old.audience);
+        }
+    }
+
+    fn remove(&mut self, connection: u64) {
+        if let Some(old) = self.by_connection.remove(&connection) {
+            self.forget_audience(&old.audience);
+        }
+    }
+
+    fn forget_audience(&mut self, audience: &Arc<str>) {
+        if let Some(count) = self.audiences.get_mut(audience) {
+            *count -= 1;
+            if *count == 0 {
+                self.audiences.remove(audience);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_connection.is_empty()
+    }
+}
 
 struct Inner {
     shards: Box<[Mutex<HashMap<ChannelName, Subscribers>>]>,
@@ -217,13 +265,15 @@ impl Hub {
             ));
         }
         let governor = self.governor(channel)?;
-        match governor.authorize_subscribe(channel, connection.identity()) {
-            SubscribeVerdict::Allow { .. } => {}
+        let audience = match governor.authorize_subscribe(channel, connection.identity()) {
+            SubscribeVerdict::Allow { audience, .. } => {
+                Arc::<str>::from(audience.unwrap_or_default())
+            }
             SubscribeVerdict::Deny { reason } => {
                 return Err(Refusal::new(ErrorCode::Forbidden, reason))
             }
             SubscribeVerdict::Fault => return Err(plugin_fault(&governor)),
-        }
+        };
         let attach_to = connection.clone();
         let position = self
             .inner
@@ -235,7 +285,7 @@ impl Hub {
                         .shard(channel)
                         .entry(channel.clone())
                         .or_default()
-                        .insert(attach_to.id, attach_to);
+                        .insert(attach_to, audience);
                 }),
             )
             .await
@@ -355,7 +405,7 @@ impl Inner {
     fn detach(&self, channel: &ChannelName, connection: u64) {
         let mut shard = self.shard(channel);
         if let Some(subscribers) = shard.get_mut(channel) {
-            subscribers.remove(&connection);
+            subscribers.remove(connection);
             if subscribers.is_empty() {
                 shard.remove(channel);
             }
@@ -365,24 +415,62 @@ impl Inner {
 
 impl Sink for Inner {
     fn deliver(&self, publication: &Publication) {
-        let push = Arc::new(Push {
-            channel: publication.channel.clone(),
-            epoch: publication.epoch.clone(),
-            offset: publication.offset,
-            frame: Utf8Bytes::from(protocol::message_push(
-                publication.channel.as_str(),
-                &publication.epoch,
-                publication.offset,
-                &publication.data,
-            )),
-        });
+        let original = Arc::new(Push::new(publication, &publication.data));
+        let governor = self
+            .registry
+            .governing(publication.channel.namespace())
+            .filter(Governor::filters);
+        let variants = match governor {
+            // The common case: one frame for everybody.
+            None => Variants::Everyone(original),
+            Some(governor) => {
+                let audiences: Vec<String> = {
+                    let shard = self.shard(&publication.channel);
+                    let Some(subscribers) = shard.get(&publication.channel) else {
+                        return;
+                    };
+                    subscribers
+                        .audiences
+                        .keys()
+                        .map(|a| a.to_string())
+                        .collect()
+                };
+                // Called without the hub lock: the engine keeps this channel
+                // locked, so no subscriber can attach to it meanwhile.
+                let deliveries =
+                    governor.filter(&publication.channel, &publication.data, &audiences);
+                let per_audience = audiences
+                    .into_iter()
+                    .zip(deliveries)
+                    .filter_map(|(audience, delivery)| {
+                        let push = match delivery {
+                            Delivery::Skip => return None,
+                            Delivery::Original => original.clone(),
+                            Delivery::Replace(data) => {
+                                Arc::new(Push::new(publication, &single_line(&data)))
+                            }
+                        };
+                        Some((Arc::<str>::from(audience), push))
+                    })
+                    .collect();
+                Variants::PerAudience(per_audience)
+            }
+        };
         let mut overflowed = Vec::new();
         {
             let shard = self.shard(&publication.channel);
             let Some(subscribers) = shard.get(&publication.channel) else {
                 return;
             };
-            for connection in subscribers.values() {
+            for subscriber in subscribers.by_connection.values() {
+                let push = match &variants {
+                    Variants::Everyone(push) => push,
+                    Variants::PerAudience(map) => match map.get(&subscriber.audience) {
+                        Some(push) => push,
+                        None => continue,
+                    },
+                };
+                let connection = &subscriber.connection;
                 if let Err(mpsc::error::TrySendError::Full(_)) =
                     connection.queue.try_send(push.clone())
                 {
@@ -392,6 +480,29 @@ impl Sink for Inner {
         }
         for connection in overflowed {
             connection.cut(CutOff::SlowConsumer);
+        }
+    }
+}
+
+/// What the subscribers of one message get.
+enum Variants {
+    Everyone(Arc<Push>),
+    /// Audiences missing from the map were skipped by the plugin's `filter`.
+    PerAudience(HashMap<Arc<str>, Arc<Push>>),
+}
+
+impl Push {
+    fn new(publication: &Publication, data: &str) -> Push {
+        Push {
+            channel: publication.channel.clone(),
+            epoch: publication.epoch.clone(),
+            offset: publication.offset,
+            frame: Utf8Bytes::from(protocol::message_push(
+                publication.channel.as_str(),
+                &publication.epoch,
+                publication.offset,
+                data,
+            )),
         }
     }
 }

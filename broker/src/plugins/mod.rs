@@ -116,7 +116,6 @@ pub(crate) enum PublishSource {
 
 /// What one audience receives of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code)] // TODO(lead): until the hub filters per audience
 pub(crate) enum Delivery {
     Skip,
     Original,

@@ -213,14 +213,12 @@ impl Governor {
 
     /// Whether the plugin filters per audience; if not, skip [`Self::filter`]
     /// and deliver the original to everyone.
-    #[allow(dead_code)] // TODO(lead): until the hub filters per audience
     pub(crate) fn filters(&self) -> bool {
         self.plugin.filters()
     }
 
     /// One delivery per entry of `audiences`, in the same order. If the plugin
     /// fails, every audience gets `Skip` (fail closed).
-    #[allow(dead_code)] // TODO(lead): until the hub filters per audience
     pub(crate) fn filter(
         &self,
         channel: &ChannelName,
