@@ -166,9 +166,10 @@ impl Published {
 
 impl Publisher {
     /// Publishes messages `0..messages` of `size` bytes, each stamped with its send time,
-    /// at `rate` per second (or as fast as possible), until `deadline`.
+    /// at `rate` per second (or as fast as possible), until `deadline`. The publisher stays
+    /// open afterwards: drop it only once deliveries have drained.
     pub(crate) async fn run(
-        self,
+        &mut self,
         messages: u64,
         rate: Option<f64>,
         size: usize,
@@ -184,7 +185,7 @@ impl Publisher {
                 publisher,
                 concurrency,
             } => {
-                let permits = Arc::new(Semaphore::new(concurrency));
+                let permits = Arc::new(Semaphore::new(*concurrency));
                 let mut in_flight = JoinSet::new();
                 for seq in 0..messages {
                     if let Some(due) = due(seq) {
@@ -228,7 +229,7 @@ impl Publisher {
                     }
                 }
             }
-            Publisher::Nats(mut publisher) => {
+            Publisher::Nats(publisher) => {
                 for seq in 0..messages {
                     if let Some(due) = due(seq) {
                         tokio::time::sleep_until(due).await;
@@ -242,6 +243,11 @@ impl Publisher {
                     if report.given_up() {
                         break;
                     }
+                }
+                match tokio::time::timeout_at(deadline, publisher.barrier()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => report.record(Err(e)),
+                    Err(_) => report.timed_out = true,
                 }
             }
         }

@@ -118,7 +118,7 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
             ))
         })
         .collect();
-    let publisher = broker
+    let mut publisher = broker
         .publisher(addr, &p.channel, p.http_concurrency)
         .await?;
 
@@ -157,6 +157,7 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
     let generator_cpu_s = procfs::own_cpu_seconds()? - gen_before;
     let server_rss_kib = procfs::rss_kib(pid).unwrap_or(0);
 
+    drop(publisher);
     let _ = stop_tx.send(true);
     let (mut received, mut last_ns, mut dropped, mut first_drop_reason) = (0u64, t0, 0, None);
     let mut latencies = Vec::with_capacity(expected as usize);

@@ -150,6 +150,38 @@ impl Publisher {
         self.ws.send(Message::binary(frame.into_bytes())).await?;
         Ok(())
     }
+
+    /// Waits until the server has processed every `PUB` sent so far (`PING` → `PONG`).
+    /// Also reads what the server sent meanwhile: closing a socket with unread input makes
+    /// the kernel reset the connection, and the server would lose `PUB`s it had not read yet.
+    pub(crate) async fn barrier(&mut self) -> Result<()> {
+        self.ws.send(Message::binary(&b"PING\r\n"[..])).await?;
+        let mut parser = Parser::default();
+        loop {
+            let data = match self.ws.next().await.context("nats closed before PONG")?? {
+                Message::Binary(b) => b,
+                Message::Text(t) => t.into(),
+                Message::Close(c) => bail!("nats closed: {c:?}"),
+                _ => continue,
+            };
+            let (mut pong, mut ping, mut err) = (false, false, None);
+            parser.feed(&data, |ev| match ev {
+                Event::Pong => pong = true,
+                Event::Ping => ping = true,
+                Event::Err(e) => err = Some(e),
+                Event::Msg(_) => {}
+            });
+            if let Some(e) = err {
+                bail!("nats: -ERR {e}");
+            }
+            if ping {
+                self.ws.send(Message::binary(&b"PONG\r\n"[..])).await?;
+            }
+            if pong {
+                return Ok(());
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //!   `plugins` before anything is subscribed or published.
 //! - `plugins`: the wasmtime host that runs the channel plugins.
 //! - `engine`: offsets, epochs and history per channel (in memory for now).
+//! - `metrics`: counters and histograms for `GET /metrics`.
 //! - `server`: wires it all together and runs until shutdown.
 
 pub(crate) mod api;
@@ -24,6 +25,7 @@ pub(crate) mod channel;
 pub mod config;
 pub(crate) mod engine;
 pub(crate) mod hub;
+pub(crate) mod metrics;
 pub(crate) mod plugins;
 pub(crate) mod protocol;
 mod server;

@@ -100,6 +100,7 @@ pub async fn run(
         .route("/api/publish", post(api::publish))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
         .with_state(app);
 
     tracing::info!("listening on http://{}", listener.local_addr()?);

@@ -105,9 +105,9 @@ fn build_plugins(root: &Path) -> Result<()> {
         plugins_dir.join("Cargo.toml").display()
     );
 
-    let toolchain = toolchain::find_or_install(&plugins_dir)?;
     // Its own target dir: the wasm build never waits for (or invalidates) the host build.
     let build_dir = root.join("target").join("plugins-build");
+    let toolchain = toolchain::find_or_install(&plugins_dir, &build_dir.join("wasm-ld"))?;
     let mut cmd = Cmd::new(cargo())
         .args([
             "build",

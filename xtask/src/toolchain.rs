@@ -9,11 +9,13 @@
 //! 3. neither: `rustup target add`, else (as root) `apt-get install rustc-web rust-web-src`,
 //!    else an error naming the command to run.
 //!
-//! Either way the linker is `wasm-component-ld` (shipped inside rustup toolchains), so the
-//! build writes a component directly.
+//! Either way the linker is `wasm-component-ld` (shipped in rustup toolchains and in
+//! Debian's `rust-web-llvm`), so the build writes a component directly. It runs `wasm-ld`:
+//! rustup ships one in `gcc-ld/`; for Debian's, which lacks it, a `wasm-ld` symlink to
+//! `rust-lld` is made in the build directory (lld picks its flavour from its name).
 
 use crate::shell::{quote, Cmd};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -76,15 +78,95 @@ impl Rustc {
         }
     }
 
-    /// `wasm-component-ld` as rustup ships it, with `gcc-ld/` (its `wasm-ld`) beside it.
-    fn component_linker(&self) -> Option<PathBuf> {
-        let linker = self
-            .rustlib()
-            .join(&self.host)
-            .join("bin")
-            .join("wasm-component-ld");
-        linker.is_file().then_some(linker)
+    /// Where the toolchain keeps its linkers (`wasm-component-ld`, `rust-lld`, `gcc-ld/`).
+    fn tools(&self) -> PathBuf {
+        self.rustlib().join(&self.host).join("bin")
     }
+}
+
+/// `wasm-component-ld`, and a directory with the `wasm-ld` it runs (put first on `PATH`).
+#[derive(Debug)]
+struct Linker {
+    component_ld: PathBuf,
+    wasm_ld_dir: PathBuf,
+}
+
+impl Linker {
+    fn find<'a>(
+        rustcs: impl Iterator<Item = &'a Rustc> + Clone,
+        shim_dir: &Path,
+    ) -> Result<Option<Self>> {
+        let component_lds: Vec<PathBuf> = rustcs
+            .clone()
+            .map(|rustc| rustc.tools().join("wasm-component-ld"))
+            .chain(which("wasm-component-ld"))
+            .filter(|path| path.is_file())
+            .collect();
+        // A rustup toolchain brings everything.
+        for component_ld in &component_lds {
+            let gcc_ld = component_ld.with_file_name("gcc-ld");
+            if gcc_ld.join("wasm-ld").is_file() {
+                return Ok(Some(Self {
+                    component_ld: component_ld.clone(),
+                    wasm_ld_dir: gcc_ld,
+                }));
+            }
+        }
+        let Some(component_ld) = component_lds.into_iter().next() else {
+            return Ok(None);
+        };
+        if let Some(wasm_ld) = which("wasm-ld") {
+            let wasm_ld_dir = wasm_ld.parent().unwrap_or(Path::new("/")).to_path_buf();
+            return Ok(Some(Self {
+                component_ld,
+                wasm_ld_dir,
+            }));
+        }
+        // Debian: `rust-lld` (also the target of `gcc-ld/ld`) under another name. rustup's
+        // `gcc-ld/ld` is a wrapper for the `ld` flavour, hence symlinks only.
+        let tools: Vec<PathBuf> = rustcs.map(Rustc::tools).collect();
+        let rust_lld = tools
+            .iter()
+            .map(|dir| dir.join("rust-lld"))
+            .chain(which("rust-lld"))
+            .chain(
+                tools
+                    .iter()
+                    .map(|dir| dir.join("gcc-ld/ld"))
+                    .filter(|p| p.is_symlink()),
+            )
+            .find(|path| path.is_file());
+        let Some(rust_lld) = rust_lld else {
+            return Ok(None);
+        };
+        let shim = shim_dir.join(format!("wasm-ld{}", std::env::consts::EXE_SUFFIX));
+        link_or_copy(&rust_lld, &shim)?;
+        Ok(Some(Self {
+            component_ld,
+            wasm_ld_dir: shim_dir.to_path_buf(),
+        }))
+    }
+}
+
+fn link_or_copy(original: &Path, link: &Path) -> Result<()> {
+    let dir = link.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if std::fs::symlink_metadata(link).is_ok() {
+        std::fs::remove_file(link).with_context(|| format!("replacing {}", link.display()))?;
+    }
+    #[cfg(unix)]
+    let made = std::os::unix::fs::symlink(original, link);
+    #[cfg(not(unix))]
+    let made = std::fs::copy(original, link).map(drop);
+    made.with_context(|| format!("linking {} to {}", link.display(), original.display()))
+}
+
+/// The first `name` on `PATH`.
+fn which(name: &str) -> Option<PathBuf> {
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(&file))
+        .find(|p| p.is_file())
 }
 
 pub(crate) struct Toolchain {
@@ -92,29 +174,23 @@ pub(crate) struct Toolchain {
     std: Std,
     /// Whether `rustc` is the one cargo picks anyway (then `RUSTC` stays unset).
     is_default: bool,
-    linker: PathBuf,
+    linker: Linker,
 }
 
 impl Toolchain {
     /// Adds what the wasm build needs to a `cargo build --target wasm32-unknown-unknown`.
     pub(crate) fn configure(&self, mut cmd: Cmd) -> Cmd {
-        let linker_dir = self.linker.parent().unwrap_or(Path::new("."));
-        // wasm-component-ld runs `wasm-ld`, which rustup ships as `gcc-ld/wasm-ld`.
-        let added = [linker_dir.join("gcc-ld"), linker_dir.to_path_buf()];
         let inherited = std::env::var_os("PATH");
-        let path = added
-            .iter()
-            .cloned()
+        let dirs = std::iter::once(self.linker.wasm_ld_dir.clone())
             .chain(inherited.iter().flat_map(std::env::split_paths));
-        if let Ok(joined) = std::env::join_paths(path) {
-            let shown = added
-                .iter()
-                .map(|dir| quote(dir.as_os_str()))
-                .collect::<Vec<_>>()
-                .join(":");
-            cmd = cmd.env_shown("PATH", joined, format!("{shown}:$PATH"));
+        if let Ok(joined) = std::env::join_paths(dirs) {
+            let shown = format!("{}:$PATH", quote(self.linker.wasm_ld_dir.as_os_str()));
+            cmd = cmd.env_shown("PATH", joined, shown);
         }
-        cmd = cmd.env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", &self.linker);
+        cmd = cmd.env(
+            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER",
+            &self.linker.component_ld,
+        );
         if !self.is_default {
             cmd = cmd.env("RUSTC", &self.rustc.program);
         }
@@ -132,22 +208,24 @@ impl Toolchain {
             Std::BuildStd => "std built from source",
         };
         format!(
-            "{} ({}), {std}",
+            "{} ({}), {std}, linked by {}",
             self.rustc.version,
-            self.rustc.program.to_string_lossy()
+            self.rustc.program.to_string_lossy(),
+            self.linker.component_ld.display()
         )
     }
 }
 
 /// The toolchain for the plugins in `plugins_dir` (whose `rust-toolchain` file, if any, the
 /// default `rustc` honours).
-pub(crate) fn find_or_install(plugins_dir: &Path) -> Result<Toolchain> {
-    if let Some(toolchain) = find(plugins_dir)? {
+/// A `wasm-ld` that has to be made goes to `shim_dir`.
+pub(crate) fn find_or_install(plugins_dir: &Path, shim_dir: &Path) -> Result<Toolchain> {
+    if let Some(toolchain) = find(plugins_dir, shim_dir)? {
         return Ok(toolchain);
     }
     eprintln!("xtask: no Rust compiler here can build {TARGET}; installing one");
     if install(plugins_dir) {
-        if let Some(toolchain) = find(plugins_dir)? {
+        if let Some(toolchain) = find(plugins_dir, shim_dir)? {
             return Ok(toolchain);
         }
     }
@@ -162,7 +240,7 @@ pub(crate) fn find_or_install(plugins_dir: &Path) -> Result<Toolchain> {
     )
 }
 
-fn find(plugins_dir: &Path) -> Result<Option<Toolchain>> {
+fn find(plugins_dir: &Path, shim_dir: &Path) -> Result<Option<Toolchain>> {
     let default_program = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let default = Rustc::inspect(default_program, plugins_dir);
     let debian = Path::new(DEBIAN_RUSTC)
@@ -201,13 +279,23 @@ fn find(plugins_dir: &Path) -> Result<Option<Toolchain>> {
     };
 
     // Any toolchain's linker will do; the chosen compiler's own comes first.
-    let linker = std::iter::once(rustc)
-        .chain(candidates.iter().map(|(r, _)| r))
-        .find_map(Rustc::component_linker);
+    let rustcs = std::iter::once(rustc).chain(candidates.iter().map(|(r, _)| r));
+    let mut linker = Linker::find(rustcs.clone(), shim_dir)?;
+    // Debian's `rust-lld` points into a package of its own (`lld-22`) that nothing pulls in.
+    let missing_lld = missing_lld_package();
+    if let (None, Some(package)) = (&linker, &missing_lld) {
+        if can_apt() && apt_install(&[package.as_str()]) {
+            linker = Linker::find(rustcs, shim_dir)?;
+        }
+    }
     let Some(linker) = linker else {
+        let debian_hint = missing_lld
+            .map(|package| format!(", or on Debian `sudo apt-get install -y {package}`"))
+            .unwrap_or_default();
         bail!(
-            "found {} for {TARGET} but no `wasm-component-ld` to link a component; it ships \
-             with rustup's Rust (≥ 1.82): run `rustup toolchain install stable`",
+            "found {} for {TARGET} but no `wasm-component-ld` and `wasm-ld` to link a \
+             component; both ship with rustup's Rust (≥ 1.82): run `rustup toolchain install \
+             stable`{debian_hint}",
             rustc.version
         )
     };
@@ -231,22 +319,40 @@ fn install(plugins_dir: &Path) -> bool {
     {
         return true;
     }
+    can_apt() && apt_install(&DEBIAN_PACKAGES)
+}
+
+fn can_apt() -> bool {
     let is_root = Cmd::new("id")
         .arg("-u")
         .probe()
         .is_some_and(|uid| uid.trim() == "0");
-    let has_apt = Cmd::new("apt-get").arg("--version").probe().is_some();
-    if !(is_root && has_apt) {
-        return false;
-    }
-    let apt_install = || {
+    is_root && Cmd::new("apt-get").arg("--version").probe().is_some()
+}
+
+/// `apt-get install -y <packages>`, updating the package lists first only if that fails (a
+/// fresh machine has none).
+fn apt_install(packages: &[&str]) -> bool {
+    let install = || {
         Cmd::new("apt-get")
             .args(["install", "-y"])
-            .args(DEBIAN_PACKAGES)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .run()
             .is_ok()
     };
-    // A fresh machine has no package lists yet: update only when the install needs it.
-    apt_install() || (Cmd::new("apt-get").arg("update").run().is_ok() && apt_install())
+    install() || (Cmd::new("apt-get").arg("update").run().is_ok() && install())
+}
+
+/// The package behind a dangling `rust-lld` symlink on `PATH` (Debian: `lld-22`).
+fn missing_lld_package() -> Option<String> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("rust-lld"))
+        .find_map(|link| {
+            let target = std::fs::read_link(&link).ok()?;
+            let dangling = !link.exists();
+            let name = target.file_name()?.to_str()?.to_owned();
+            (dangling && name.starts_with("lld")).then_some(name)
+        })
 }

@@ -86,10 +86,13 @@ impl Connection {
         }
     }
 
-    fn cut(&self, reason: CutOff) {
-        if self.cut_off.set(reason).is_ok() {
+    /// True the first time only.
+    fn cut(&self, reason: CutOff) -> bool {
+        let first = self.cut_off.set(reason).is_ok();
+        if first {
             self.cut_off_signal.notify_one();
         }
+        first
     }
 
     fn is_subscribed(&self, channel: &ChannelName) -> bool {
@@ -160,6 +163,20 @@ struct Inner {
     limits: HubLimits,
     next_id: AtomicU64,
     connections: AtomicUsize,
+    published: AtomicU64,
+    deliveries: AtomicU64,
+    cut_offs: AtomicU64,
+}
+
+/// Counters of the hub, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HubStats {
+    pub(crate) connections: u64,
+    pub(crate) channels: u64,
+    pub(crate) subscriptions: u64,
+    pub(crate) published: u64,
+    pub(crate) deliveries: u64,
+    pub(crate) cut_offs: u64,
 }
 
 /// Removes the connection's subscriptions when its transport drops it.
@@ -211,14 +228,42 @@ impl Hub {
                 limits,
                 next_id: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
+                published: AtomicU64::new(0),
+                deliveries: AtomicU64::new(0),
+                cut_offs: AtomicU64::new(0),
             }
         });
         Hub { inner }
     }
 
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
     /// Number of live connections (WebSocket and SSE).
     pub(crate) fn connection_count(&self) -> usize {
         self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    /// A consistent-enough snapshot for `/metrics` (each shard read once).
+    pub(crate) fn stats(&self) -> HubStats {
+        let (mut channels, mut subscriptions) = (0, 0);
+        for shard in self.inner.shards.iter() {
+            let shard = lock(shard);
+            channels += shard.len() as u64;
+            subscriptions += shard
+                .values()
+                .map(|s| s.by_connection.len() as u64)
+                .sum::<u64>();
+        }
+        HubStats {
+            connections: self.inner.connections.load(Ordering::Relaxed) as u64,
+            channels,
+            subscriptions,
+            published: self.inner.published.load(Ordering::Relaxed),
+            deliveries: self.inner.deliveries.load(Ordering::Relaxed),
+            cut_offs: self.inner.cut_offs.load(Ordering::Relaxed),
+        }
     }
 
     /// Registers an authenticated (or anonymous) connection. Its pushes
@@ -347,6 +392,7 @@ impl Hub {
                 .publish(channel, data, history)
                 .await
                 .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+            self.inner.published.fetch_add(1, Ordering::Relaxed);
             positions.push(position);
         }
         Ok(positions)
@@ -457,6 +503,7 @@ impl Sink for Inner {
             }
         };
         let mut overflowed = Vec::new();
+        let mut delivered = 0;
         {
             let shard = self.shard(&publication.channel);
             let Some(subscribers) = shard.get(&publication.channel) else {
@@ -471,15 +518,18 @@ impl Sink for Inner {
                     },
                 };
                 let connection = &subscriber.connection;
-                if let Err(mpsc::error::TrySendError::Full(_)) =
-                    connection.queue.try_send(push.clone())
-                {
-                    overflowed.push(connection.clone());
+                match connection.queue.try_send(push.clone()) {
+                    Ok(()) => delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => overflowed.push(connection.clone()),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
         }
+        self.deliveries.fetch_add(delivered, Ordering::Relaxed);
         for connection in overflowed {
-            connection.cut(CutOff::SlowConsumer);
+            if connection.cut(CutOff::SlowConsumer) {
+                self.cut_offs.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

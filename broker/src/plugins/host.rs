@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -27,6 +27,7 @@ use super::{
 };
 use crate::auth::Identity;
 use crate::channel::is_namespace;
+use crate::metrics::{Histogram, LatencySnapshot};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -220,6 +221,8 @@ pub(crate) struct HookCounts {
     pub(crate) denials: u64,
     /// Traps, timeouts, oversized or malformed answers.
     pub(crate) faults: u64,
+    /// Wall-clock time per call, including taking a pooled instance.
+    pub(crate) latency: LatencySnapshot,
 }
 
 /// A snapshot of a plugin's counters (for `/metrics` and the admin API).
@@ -238,6 +241,7 @@ struct HookCounters {
     calls: AtomicU64,
     denials: AtomicU64,
     faults: AtomicU64,
+    latency: Histogram,
 }
 
 impl HookCounters {
@@ -246,6 +250,7 @@ impl HookCounters {
             calls: self.calls.load(Relaxed),
             denials: self.denials.load(Relaxed),
             faults: self.faults.load(Relaxed),
+            latency: self.latency.snapshot(),
         }
     }
 }
@@ -584,7 +589,20 @@ impl Plugin {
         invoke: impl FnOnce(&ChannelPlugin, &mut Store<HostState>) -> wasmtime::Result<T>,
         check: impl FnOnce(T) -> Result<V, String>,
     ) -> Option<V> {
-        self.counters.hook(hook).calls.fetch_add(1, Relaxed);
+        let counters = self.counters.hook(hook);
+        counters.calls.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        let verdict = self.call_on_instance(hook, invoke, check);
+        counters.latency.record(started.elapsed());
+        verdict
+    }
+
+    fn call_on_instance<T, V>(
+        &self,
+        hook: Hook,
+        invoke: impl FnOnce(&ChannelPlugin, &mut Store<HostState>) -> wasmtime::Result<T>,
+        check: impl FnOnce(T) -> Result<V, String>,
+    ) -> Option<V> {
         let mut instance = match self.take_instance() {
             Ok(instance) => instance,
             Err(e) => return self.fault(hook, &format!("cannot instantiate: {e:#}")),

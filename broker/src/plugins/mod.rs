@@ -30,11 +30,8 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
-// `HookCounts` and `PluginSummary` are for the admin API and `/metrics`.
-#[allow(unused_imports)]
 pub(crate) use host::{HookCounts, PluginStats};
-#[allow(unused_imports)]
-pub(crate) use registry::{Governor, PluginSummary, Registry};
+pub(crate) use registry::{Governor, Registry};
 
 /// Sandbox limits applied to every plugin call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,138 @@
+//! `GET /metrics`: Prometheus text, behind the admin token (the admin API
+//! shares the public listener for now). Without an admin token it is off.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+
+use super::ApiError;
+use crate::auth::{self, ApiKey};
+use crate::metrics::{label, Exposition};
+use crate::plugins::HookCounts;
+use crate::protocol::ErrorCode;
+use crate::server::AppState;
+
+pub(crate) async fn metrics(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(admin_token) = app.config.admin_token.as_deref() else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "metrics are off: configure admin_token (STELLWERK_ADMIN_TOKEN) to enable them",
+        ));
+    };
+    match auth::bearer_token(&headers) {
+        Some(presented) if ApiKey::new(admin_token).matches(presented) => {}
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "metrics need `Authorization: Bearer <admin token>`",
+            ))
+        }
+    }
+    let body = render(&app);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
+
+fn render(app: &AppState) -> String {
+    let hub = app.hub.stats();
+    let mut e = Exposition::default();
+    for (name, kind, help, value) in [
+        (
+            "stellwerk_connections",
+            "gauge",
+            "Open WebSocket connections and SSE streams.",
+            hub.connections,
+        ),
+        (
+            "stellwerk_channels",
+            "gauge",
+            "Channels with at least one local subscriber.",
+            hub.channels,
+        ),
+        (
+            "stellwerk_subscriptions",
+            "gauge",
+            "Subscriptions over all connections.",
+            hub.subscriptions,
+        ),
+        (
+            "stellwerk_messages_published_total",
+            "counter",
+            "Messages accepted for publishing.",
+            hub.published,
+        ),
+        (
+            "stellwerk_deliveries_total",
+            "counter",
+            "Messages queued to subscribers.",
+            hub.deliveries,
+        ),
+        (
+            "stellwerk_slow_consumers_total",
+            "counter",
+            "Connections cut off because their queue overflowed.",
+            hub.cut_offs,
+        ),
+    ] {
+        e.family(name, kind, help);
+        e.sample(name, "", value);
+    }
+
+    let plugins = app.hub.registry().list();
+    let hooks = |stats: &crate::plugins::PluginStats| -> [(&'static str, HookCounts); 3] {
+        [
+            ("authorize-subscribe", stats.authorize_subscribe),
+            ("on-publish", stats.on_publish),
+            ("filter", stats.filter),
+        ]
+    };
+    type Pick = fn(&HookCounts) -> u64;
+    let counters: [(&str, &str, Pick); 3] = [
+        ("stellwerk_plugin_calls_total", "Plugin hook calls.", |h| {
+            h.calls
+        }),
+        (
+            "stellwerk_plugin_denials_total",
+            "Requests a plugin denied (filter: audiences skipped).",
+            |h| h.denials,
+        ),
+        (
+            "stellwerk_plugin_faults_total",
+            "Traps, timeouts and malformed answers (each refused).",
+            |h| h.faults,
+        ),
+    ];
+    for (name, help, pick) in counters {
+        e.family(name, "counter", help);
+        for plugin in &plugins {
+            for (hook, counts) in hooks(&plugin.stats) {
+                e.sample(
+                    name,
+                    &format!("plugin=\"{}\",hook=\"{hook}\"", label(&plugin.name)),
+                    pick(&counts),
+                );
+            }
+        }
+    }
+    let name = "stellwerk_plugin_call_duration_seconds";
+    e.family(name, "histogram", "Wall-clock time of plugin hook calls.");
+    for plugin in &plugins {
+        for (hook, counts) in hooks(&plugin.stats) {
+            e.histogram(
+                name,
+                &format!("plugin=\"{}\",hook=\"{hook}\"", label(&plugin.name)),
+                &counts.latency,
+            );
+        }
+    }
+    e.finish()
+}
