@@ -1,25 +1,35 @@
 //! `cargo xtask <command>`: the project's build tool.
 //!
 //! - `build-plugins`: every crate of the `plugins/` workspace → a WebAssembly component at
-//!   `target/plugins/<crate>.wasm`.
+//!   `target/plugins/<crate>.wasm`, and every crate of `tests/plugins/` (misbehaving plugins
+//!   for the sandbox tests) → `target/test-plugins/<crate>.wasm`, kept apart so that no real
+//!   broker ever loads them.
+//! - `build-plugin <crate> [--out-dir DIR]`: one plugin crate from anywhere →
+//!   `<DIR, default target/plugins>/<crate>.wasm`; prints the component's path.
 //! - `test [args…]`: build-plugins, the plugins' native unit tests, then
 //!   `cargo test --workspace [args…]`.
-//! - `run [args…]`: build-plugins, then `stellwerk serve [args…]` with
+//! - `run [args…]`: builds the example plugins, then `stellwerk serve [args…]` with
 //!   `STELLWERK_PLUGINS_DIR=target/plugins` (unless already set).
 //!
+//! All wasm builds share one target directory, `target/plugins-build`, so the wasm32
+//! standard library (built from source where no prebuilt one exists) is built once.
+//!
 //! # Layout
-//! - `members`: which plugin crates there are (read from `plugins/Cargo.toml`).
+//! - `members`: which plugin crates a workspace has (read from its `Cargo.toml`).
 //! - `toolchain`: finds (or installs) a Rust that can build wasm32 and the component linker.
+//! - `single_crate`: `build-plugin`, for a crate outside the plugin workspaces.
+//! - `component`: checks cargo's artifact is a component and installs it.
 //! - `shell`: runs commands, printing each one first.
 
+mod component;
 mod members;
 mod shell;
+mod single_crate;
 mod toolchain;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use shell::Cmd;
 use std::ffi::OsString;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -28,16 +38,16 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [args…]
 
 commands:
-  build-plugins    build every crate in plugins/ into a component at target/plugins/<name>.wasm
+  build-plugins    build every crate in plugins/ into a component at target/plugins/<name>.wasm,
+                   and the sandbox tests' plugins in tests/plugins/ into target/test-plugins/
+  build-plugin <crate> [--out-dir DIR]
+                   build one plugin crate (any directory) into DIR/<name>.wasm
+                   (default DIR: target/plugins, which `run` serves); prints its path
   test [args…]     build-plugins, the plugins' unit tests, then `cargo test --workspace [args…]`
-  run [args…]      build-plugins, then `stellwerk serve [args…]` on target/plugins
+  run [args…]      build the example plugins, then `stellwerk serve [args…]` on target/plugins
 
 environment:
   XTASK_WASM_TOOLCHAIN=prebuilt|build-std   force how the wasm32 standard library is obtained";
-
-/// The first 8 bytes of a WebAssembly component (a core module has version `01 00 00 00`).
-const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
-const CORE_MODULE_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
 
 fn main() -> ExitCode {
     match run() {
@@ -68,7 +78,14 @@ fn run() -> Result<()> {
                 rest.is_empty(),
                 "build-plugins takes no arguments\n\n{USAGE}"
             );
-            build_plugins(&root)
+            build_all_plugins(&root)
+        }
+        Some("build-plugin") => {
+            let request = single_crate::Request::parse(&rest)
+                .map_err(|e| anyhow::anyhow!("{e}\n\n{USAGE}"))?;
+            let component = single_crate::build(&root, &request, &plugins_out_dir(&root))?;
+            println!("{}", component.display());
+            Ok(())
         }
         Some("test") => test(&root, &rest),
         Some("run") => run_broker(&root, &rest),
@@ -86,7 +103,7 @@ fn workspace_root() -> PathBuf {
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }
 
-/// Where the components land (the broker's plugin directory for `run` and the tests).
+/// Where the example plugins land (the broker's plugin directory for `run` and the tests).
 fn plugins_out_dir(root: &Path) -> PathBuf {
     root.join("target").join("plugins")
 }
@@ -95,19 +112,49 @@ fn cargo() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
-fn build_plugins(root: &Path) -> Result<()> {
+/// A cargo workspace of plugin crates, and where its components go.
+struct PluginWorkspace {
+    dir: PathBuf,
+    out_dir: PathBuf,
+}
+
+impl PluginWorkspace {
+    /// `plugins/` → `target/plugins/`: what `run` serves.
+    fn examples(root: &Path) -> Self {
+        Self {
+            dir: root.join("plugins"),
+            out_dir: plugins_out_dir(root),
+        }
+    }
+
+    /// `tests/plugins/` → `target/test-plugins/`: misbehaving plugins, for tests only.
+    fn test_plugins(root: &Path) -> Self {
+        Self {
+            dir: root.join("tests").join("plugins"),
+            out_dir: root.join("target").join("test-plugins"),
+        }
+    }
+}
+
+/// `build-plugins`: the example plugins, then the test plugins.
+fn build_all_plugins(root: &Path) -> Result<()> {
+    build_plugins(root, &PluginWorkspace::examples(root))?;
+    build_plugins(root, &PluginWorkspace::test_plugins(root))
+}
+
+fn build_plugins(root: &Path, workspace: &PluginWorkspace) -> Result<()> {
     let started = Instant::now();
-    let plugins_dir = root.join("plugins");
-    let members = members::read(&plugins_dir)?;
+    let members = members::read(&workspace.dir)?;
     ensure!(
         !members.is_empty(),
         "{} lists no members",
-        plugins_dir.join("Cargo.toml").display()
+        workspace.dir.join("Cargo.toml").display()
     );
 
     // Its own target dir: the wasm build never waits for (or invalidates) the host build.
+    // Shared by every plugin workspace, whose equal release profiles let them share `std`.
     let build_dir = root.join("target").join("plugins-build");
-    let toolchain = toolchain::find_or_install(&plugins_dir, &build_dir.join("wasm-ld"))?;
+    let toolchain = toolchain::find_or_install(&workspace.dir, &build_dir.join("wasm-ld"))?;
     let mut cmd = Cmd::new(cargo())
         .args([
             "build",
@@ -117,71 +164,47 @@ fn build_plugins(root: &Path) -> Result<()> {
             toolchain::TARGET,
         ])
         .arg("--manifest-path")
-        .arg(plugins_dir.join("Cargo.toml"))
+        .arg(workspace.dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&build_dir)
-        .current_dir(&plugins_dir);
+        .current_dir(&workspace.dir);
     cmd = toolchain.configure(cmd);
     cmd.run()?;
 
-    let out_dir = plugins_out_dir(root);
-    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let built = build_dir.join(toolchain::TARGET).join("release");
     for member in &members {
-        let wasm = built.join(format!("{}.wasm", member.name.replace('-', "_")));
-        let bytes = fs::read(&wasm).with_context(|| {
-            format!(
-                "reading {} (is `{}` a `cdylib` crate?)",
-                wasm.display(),
-                member.name
-            )
-        })?;
-        check_component(&wasm, &bytes)?;
-        let dest = out_dir.join(format!("{}.wasm", member.name));
-        install_atomically(&bytes, &dest)?;
+        let installed = component::install(
+            &built.join(format!("{}.wasm", member.lib_name)),
+            &member.name,
+            &workspace.out_dir.join(format!("{}.wasm", member.name)),
+        )?;
         println!(
             "{:<12} {:>8.1} KiB  {}",
             member.name,
-            bytes.len() as f64 / 1024.0,
-            dest.strip_prefix(root).unwrap_or(&dest).display()
+            installed.kib(),
+            installed
+                .path
+                .strip_prefix(root)
+                .unwrap_or(&installed.path)
+                .display()
         );
     }
     println!(
-        "built {} plugin component(s) in {:.1} s ({})",
+        "built {} plugin component(s) from {} in {:.1} s ({})",
         members.len(),
+        workspace
+            .dir
+            .strip_prefix(root)
+            .unwrap_or(&workspace.dir)
+            .display(),
         started.elapsed().as_secs_f64(),
         toolchain.describe()
     );
     Ok(())
 }
 
-fn check_component(path: &Path, bytes: &[u8]) -> Result<()> {
-    match bytes.get(..8) {
-        Some(header) if header == COMPONENT_HEADER => Ok(()),
-        Some(header) if header == CORE_MODULE_HEADER => bail!(
-            "{} is a core wasm module, not a component: the build did not link with \
-             wasm-component-ld",
-            path.display()
-        ),
-        _ => bail!("{} is not WebAssembly at all", path.display()),
-    }
-}
-
-/// Writes next to `dest` and renames, so the broker's directory watcher never loads half a
-/// file.
-fn install_atomically(bytes: &[u8], dest: &Path) -> Result<()> {
-    let file_name = dest
-        .file_name()
-        .context("destination has no file name")?
-        .to_string_lossy();
-    let tmp = dest.with_file_name(format!(".{file_name}.tmp"));
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, dest)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))
-}
-
 fn test(root: &Path, extra: &[OsString]) -> Result<()> {
-    build_plugins(root)?;
+    build_all_plugins(root)?;
     // The plugins' rules, natively, in the plugins workspace's own target dir.
     Cmd::new(cargo())
         .args(["test", "--workspace"])
@@ -195,7 +218,8 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
 }
 
 fn run_broker(root: &Path, extra: &[OsString]) -> Result<()> {
-    build_plugins(root)?;
+    // Only the example plugins: the test plugins are never served.
+    build_plugins(root, &PluginWorkspace::examples(root))?;
     let mut cmd = Cmd::new(cargo())
         .args(["run", "--release", "-p", "stellwerk", "--", "serve"])
         .args(extra)
