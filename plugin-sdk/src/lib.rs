@@ -28,7 +28,8 @@
 //! export_plugin!(Public);
 //! ```
 //!
-//! Build it with `cargo xtask build-plugins` (or see `docs/` for the plain cargo recipe);
+//! Build it with `cargo xtask build-plugin <crate dir>` from a Stellwerk checkout (see
+//! `docs/plugin-guide.md`);
 //! test its rules with plain `cargo test` on the host, using the request builders of
 //! [`testing`].
 //!

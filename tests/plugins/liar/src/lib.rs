@@ -82,5 +82,6 @@ impl bindings::Guest for Liar {
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)]
 mod export {
-    super::bindings::export!(super::Liar with_types_in super::bindings);
+    use super::Liar;
+    super::bindings::export!(Liar with_types_in super::bindings);
 }
