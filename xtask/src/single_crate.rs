@@ -67,6 +67,9 @@ impl Request {
 /// Builds the crate and returns the absolute path of its component.
 pub(crate) fn build(root: &Path, request: &Request, default_out_dir: &Path) -> Result<PathBuf> {
     let started = Instant::now();
+    if !request.krate.exists() {
+        bail!("there is no plugin crate at {}", request.krate.display());
+    }
     let manifest = if request.krate.is_dir() {
         request.krate.join("Cargo.toml")
     } else {
