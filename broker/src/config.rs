@@ -213,7 +213,7 @@ impl Default for WebSocketConfig {
             ping_interval_seconds: 25,
             pong_timeout_seconds: 60,
             connect_timeout_seconds: 10,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 4096,
         }
     }
@@ -969,7 +969,7 @@ mod tests {
         assert_eq!(config.websocket.ping_interval_seconds, 25);
         assert_eq!(config.websocket.pong_timeout_seconds, 60);
         assert_eq!(config.websocket.connect_timeout_seconds, 10);
-        assert_eq!(config.websocket.read_buffer_bytes, 4096);
+        assert_eq!(config.websocket.read_buffer_bytes, 1024);
         assert_eq!(config.websocket.write_buffer_bytes, 4096);
         assert_eq!(config.sse.keepalive_seconds, 15);
         assert_eq!(config.sse.retry_ms, 3000);

@@ -341,8 +341,16 @@ impl Session {
         queue: &mut mpsc::Receiver<Arc<Push>>,
     ) -> Result<(), axum::Error> {
         if self.batch {
-            let mut frame = String::from(first.frame.as_str());
-            let mut drained = 1;
+            let Ok(second) = queue.try_recv() else {
+                // Nothing else queued: send the shared frame, no copy.
+                self.socket.feed(Message::Text(first.frame.clone())).await?;
+                return self.socket.flush().await;
+            };
+            let mut frame = String::with_capacity(first.frame.len() + 1 + second.frame.len());
+            frame.push_str(first.frame.as_str());
+            frame.push('\n');
+            frame.push_str(second.frame.as_str());
+            let mut drained = 2;
             while drained < MAX_PUSHES_PER_FLUSH {
                 let Ok(next) = queue.try_recv() else { break };
                 drained += 1;
