@@ -49,18 +49,27 @@ impl Broker {
     }
 
     /// Opens subscriber number `index` (each has its own user id: per-user connection limits
-    /// must not get in the way) and waits until its subscription is live.
+    /// must not get in the way) and waits until its subscription is live. `claims` only
+    /// matter to Stellwerk (NATS has no tokens here).
     pub(crate) async fn subscribe(
         self,
         addr: SocketAddr,
         index: usize,
-        channel: &str,
-        batch: bool,
-        read_buffer: usize,
+        sub: &SubscribeAs<'_>,
     ) -> Result<Connection> {
+        let SubscribeAs {
+            channel,
+            batch,
+            read_buffer,
+            claims,
+        } = *sub;
         match self {
             Broker::Stellwerk => {
-                let token = stellwerk::token(servers::JWT_SECRET, &format!("bench-user-{index}"))?;
+                let token = stellwerk::token(
+                    servers::JWT_SECRET,
+                    &format!("bench-user-{index}"),
+                    claims.for_subscriber(index).as_ref(),
+                )?;
                 let ws = stellwerk::subscriber(addr, &token, channel, batch, read_buffer).await?;
                 Ok(Connection {
                     ws,
@@ -100,6 +109,43 @@ impl Broker {
             )),
         })
     }
+}
+
+/// Extra token claims per subscriber, for channels whose plugin reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claims {
+    /// Just `sub`: enough for `public`.
+    None,
+    /// For `course:<id>:…`: `courses: {"<id>": "autor"}`, every second subscriber `"tutor"`,
+    /// so that the channel has the course plugin's two audiences (`members`, `staff`).
+    Course(String),
+    /// For the `audiences` test plugin: `group: "g<index % n>"`, i.e. `n` audiences.
+    Groups(usize),
+}
+
+impl Claims {
+    fn for_subscriber(&self, index: usize) -> Option<serde_json::Value> {
+        match self {
+            Claims::None => None,
+            Claims::Course(id) => {
+                let status = if index % 2 == 0 { "autor" } else { "tutor" };
+                Some(serde_json::json!({"courses": {id.as_str(): status}}))
+            }
+            Claims::Groups(n) => {
+                Some(serde_json::json!({"group": format!("g{}", index % n.max(&1))}))
+            }
+        }
+    }
+}
+
+/// How every subscriber of a run subscribes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SubscribeAs<'a> {
+    pub(crate) channel: &'a str,
+    /// Stellwerk's opt-in batching (`?batch=1`).
+    pub(crate) batch: bool,
+    pub(crate) read_buffer: usize,
+    pub(crate) claims: &'a Claims,
 }
 
 /// NATS subjects use `.` as separator; `public:bench` becomes `public.bench`.
@@ -347,19 +393,16 @@ pub(crate) struct Opened {
 }
 
 /// Opens `count` subscribers, `concurrency` handshakes at a time, until `deadline`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn open_many(
     broker: Broker,
     addr: SocketAddr,
     count: usize,
     concurrency: usize,
-    channel: &str,
-    batch: bool,
-    read_buffer: usize,
+    sub: SubscribeAs<'_>,
     deadline: Instant,
 ) -> Opened {
     let mut pending = stream::iter(0..count)
-        .map(|i| broker.subscribe(addr, i, channel, batch, read_buffer))
+        .map(|i| broker.subscribe(addr, i, &sub))
         .buffer_unordered(concurrency.max(1));
     let mut opened = Opened {
         connections: Vec::with_capacity(count),

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::clients::{self, Broker};
+use crate::clients::{self, Broker, Claims};
 use crate::payload::{self, Percentiles};
 use crate::procfs;
 use crate::servers::ServerSetup;
@@ -31,6 +31,19 @@ pub(crate) struct Params {
     pub(crate) read_buffer: usize,
     /// Stellwerk publish requests in flight at once (NATS publishes fire-and-forget).
     pub(crate) http_concurrency: usize,
+    /// Token claims of the subscribers (Stellwerk), for plugins that read them.
+    pub(crate) claims: Claims,
+    /// Read this plugin's `filter` hook figures from Stellwerk's `GET /metrics` before and
+    /// after publishing.
+    pub(crate) filter_metrics_of: Option<String>,
+}
+
+/// A plugin hook's calls during the publishing phase, from `/metrics`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct HookCost {
+    pub(crate) calls: f64,
+    /// Sum of the calls' wall-clock durations.
+    pub(crate) seconds: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -62,6 +75,11 @@ pub(crate) struct Outcome {
     pub(crate) first_drop_reason: Option<String>,
     pub(crate) timed_out: bool,
     pub(crate) server_log: String,
+    pub(crate) channel: String,
+    /// Distinct `group` claims among the subscribers (`filter` scenario), else 0.
+    pub(crate) groups: usize,
+    /// The `filter` hook's calls while publishing, if asked for and readable.
+    pub(crate) filter_hook: Option<HookCost>,
 }
 
 impl Outcome {
@@ -76,7 +94,8 @@ impl Outcome {
 pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Result<Outcome> {
     let deadline = Instant::now() + p.timeout;
     let label = format!(
-        "fanout-{}-{}",
+        "fanout-{}-{}-{}",
+        p.channel.split(':').next().unwrap_or_default(),
         if p.batch { "batch" } else { "nobatch" },
         p.rate.map_or("unpaced".to_string(), |r| format!("{r}"))
     );
@@ -90,9 +109,12 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
         addr,
         p.subscribers,
         p.connect_concurrency,
-        &p.channel,
-        p.batch,
-        p.read_buffer,
+        clients::SubscribeAs {
+            channel: &p.channel,
+            batch: p.batch,
+            read_buffer: p.read_buffer,
+            claims: &p.claims,
+        },
         deadline,
     )
     .await;
@@ -122,6 +144,10 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
         .publisher(addr, &p.channel, p.http_concurrency)
         .await?;
 
+    let hook_before = match &p.filter_metrics_of {
+        Some(plugin) => filter_hook(addr, plugin).await,
+        None => None,
+    };
     let cpu_before = procfs::cpu_seconds(pid)?;
     let gen_before = procfs::own_cpu_seconds()?;
     let t0 = payload::now_nanos();
@@ -156,6 +182,13 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
     let server_cpu_s = procfs::cpu_seconds(pid)? - cpu_before;
     let generator_cpu_s = procfs::own_cpu_seconds()? - gen_before;
     let server_rss_kib = procfs::rss_kib(pid).unwrap_or(0);
+    let filter_hook = match (&p.filter_metrics_of, hook_before) {
+        (Some(plugin), Some(before)) => filter_hook(addr, plugin).await.map(|after| HookCost {
+            calls: after.calls - before.calls,
+            seconds: after.seconds - before.seconds,
+        }),
+        _ => None,
+    };
 
     drop(publisher);
     let _ = stop_tx.send(true);
@@ -200,6 +233,39 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
         first_drop_reason,
         timed_out,
         server_log,
+        channel: p.channel.clone(),
+        groups: match p.claims {
+            Claims::Groups(n) => n,
+            _ => 0,
+        },
+        filter_hook,
+    })
+}
+
+/// `stellwerk_plugin_call_duration_seconds_{sum,count}{plugin=…,hook="filter"}` from
+/// `GET /metrics` (admin token); `None` if the endpoint or the series is missing.
+async fn filter_hook(addr: std::net::SocketAddr, plugin: &str) -> Option<HookCost> {
+    let text = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .bearer_auth(crate::servers::ADMIN_TOKEN)
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let labels = format!("{{plugin=\"{plugin}\",hook=\"filter\"}}");
+    let value = |suffix: &str| {
+        let prefix = format!("stellwerk_plugin_call_duration_seconds_{suffix}{labels}");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    Some(HookCost {
+        calls: value("count")?,
+        seconds: value("sum")?,
     })
 }
 

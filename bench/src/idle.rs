@@ -57,9 +57,12 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
         server.ws_addr,
         p.connections,
         p.connect_concurrency,
-        &p.channel,
-        false,
-        p.read_buffer,
+        clients::SubscribeAs {
+            channel: &p.channel,
+            batch: false,
+            read_buffer: p.read_buffer,
+            claims: &clients::Claims::None,
+        },
         deadline,
     )
     .await;

@@ -7,13 +7,15 @@
 //! - `wsclient`, `stellwerk`, `nats`: the client side of each broker's protocol.
 //! - `payload`: the timestamped benchmark message and latency percentiles.
 //! - `clients`: both brokers behind one face (subscribe, publish, read deliveries).
-//! - `fanout`, `idle`: the scenarios.
+//! - `fanout`, `idle`: the scenarios; `plugin_cost`: `plugin-cost` and `filter`, built on
+//!   the fan-out run.
 
 mod clients;
 mod fanout;
 mod idle;
 mod nats;
 mod payload;
+mod plugin_cost;
 mod procfs;
 mod servers;
 mod stellwerk;
@@ -27,7 +29,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
-use crate::clients::Broker;
+use crate::clients::{Broker, Claims};
 use crate::servers::ServerSetup;
 
 #[derive(Debug, Parser)]
@@ -48,6 +50,68 @@ enum Scenario {
     Fanout(FanoutArgs),
     /// K idle authenticated+subscribed connections: server KiB per connection.
     Idle(IdleArgs),
+    /// Stellwerk only: fan-out on `public:bench` versus `course:<id>:bench` (the `course`
+    /// plugin with its `filter`, two audiences): deliveries per server CPU-second of each.
+    PluginCost(PluginCostArgs),
+    /// Stellwerk only: the `filter` hook with 10,000 subscribers in G audiences (the
+    /// `audiences` test plugin): server CPU microseconds per message for each G.
+    Filter(FilterArgs),
+}
+
+#[derive(Debug, Args)]
+struct PluginCostArgs {
+    /// Subscribers on the channel (half `autor`, half `tutor` on the course channel).
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Messages published per run.
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
+    /// Publish rate, messages per second (paced: nothing queues up).
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Stellwerk's opt-in batching (`?batch=1`).
+    #[arg(long)]
+    batch: bool,
+    /// Message payload size in bytes.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// After the last publish, stop waiting once nothing arrived for this many seconds.
+    #[arg(long, default_value_t = 5)]
+    drain_idle: u64,
+    /// WebSocket handshakes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+struct FilterArgs {
+    /// Subscribers on `aud:bench`.
+    #[arg(long, default_value_t = 10_000)]
+    subscribers: usize,
+    /// Numbers of distinct audiences (`group` claims), one run each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 1000])]
+    groups: Vec<usize>,
+    /// Messages published per run.
+    #[arg(long, default_value_t = 200)]
+    messages: usize,
+    /// Publish rate, messages per second (10/s = 100,000 deliveries/s at 10,000 subscribers).
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Message payload size in bytes.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// After the last publish, stop waiting once nothing arrived for this many seconds.
+    #[arg(long, default_value_t = 5)]
+    drain_idle: u64,
+    /// WebSocket handshakes in flight at once.
+    #[arg(long, default_value_t = 100)]
+    connect_concurrency: usize,
+    /// Read buffer per subscriber connection, bytes (small: 10,000 of them share the machine).
+    #[arg(long, default_value_t = 4 * 1024)]
+    read_buffer: usize,
+    /// Where `audiences.wasm` is (only it is copied next to the real plugins).
+    #[arg(long, default_value = "target/test-plugins")]
+    test_plugins_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +281,48 @@ async fn run(cli: Cli, fd_limit: u64) -> Result<()> {
             }
             run_idle(a, c, &setup, &brokers, timeout).await
         }
+        Scenario::PluginCost(a) => {
+            let base = fanout::Params {
+                subscribers: a.subscribers,
+                messages: a.messages,
+                rate: Some(a.rate),
+                batch: a.batch,
+                size: a.size,
+                channel: c.channel.clone(),
+                timeout,
+                drain_idle: Duration::from_secs(a.drain_idle),
+                connect_concurrency: a.connect_concurrency,
+                read_buffer: 16 * 1024,
+                http_concurrency: 256,
+                claims: Claims::None,
+                filter_metrics_of: None,
+            };
+            plugin_cost::run_plugin_cost(&setup, &base).await
+        }
+        Scenario::Filter(a) => {
+            if fd_limit < a.subscribers as u64 + 1000 {
+                eprintln!(
+                    "warning: fd limit {fd_limit} is below {} subscribers + 1000; run `ulimit -n 65536` first",
+                    a.subscribers
+                );
+            }
+            let base = fanout::Params {
+                subscribers: a.subscribers,
+                messages: a.messages,
+                rate: Some(a.rate),
+                batch: false,
+                size: a.size,
+                channel: c.channel.clone(),
+                timeout,
+                drain_idle: Duration::from_secs(a.drain_idle),
+                connect_concurrency: a.connect_concurrency,
+                read_buffer: a.read_buffer,
+                http_concurrency: 256,
+                claims: Claims::None,
+                filter_metrics_of: None,
+            };
+            plugin_cost::run_filter(&setup, &a.test_plugins_dir, &base, &a.groups).await
+        }
     };
     if let Some(out) = &c.out {
         let mut line = report;
@@ -275,6 +381,8 @@ async fn run_fanout(
                     connect_concurrency: a.connect_concurrency,
                     read_buffer: a.read_buffer,
                     http_concurrency: a.http_concurrency,
+                    claims: Claims::None,
+                    filter_metrics_of: None,
                 };
                 let what = format!(
                     "fanout {} batch={} pace={}",

@@ -39,6 +39,7 @@ impl Server {
 }
 
 pub(crate) const API_KEY: &str = "bench-api-key";
+pub(crate) const ADMIN_TOKEN: &str = "bench-admin-token";
 pub(crate) const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef";
 
 /// Starts `stellwerk serve` on a free loopback port and waits for `/readyz`.
@@ -66,7 +67,7 @@ pub(crate) async fn start_stellwerk(
         .env("STELLWERK_LISTEN", addr.to_string())
         .env("STELLWERK_API_KEY", API_KEY)
         .env("STELLWERK_JWT_SECRET", JWT_SECRET)
-        .env("STELLWERK_ADMIN_TOKEN", "bench-admin-token")
+        .env("STELLWERK_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("STELLWERK_PLUGINS_DIR", &setup.plugins_dir)
         .env(
             "STELLWERK_LIMITS_QUEUE_CAPACITY",
