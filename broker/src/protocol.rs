@@ -9,6 +9,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use crate::engine::Stored;
+
 /// Error codes of the wire contract; also the `code` of HTTP API errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ErrorCode {
@@ -71,6 +73,8 @@ pub(crate) enum CommandKind {
     },
     Subscribe {
         channel: String,
+        /// `recover`: the last position the client saw.
+        recover: Option<Recover>,
     },
     Unsubscribe {
         channel: String,
@@ -79,7 +83,19 @@ pub(crate) enum CommandKind {
         channel: String,
         data: Box<RawValue>,
     },
+    History {
+        channel: String,
+        limit: Option<u64>,
+        since: Option<u64>,
+    },
     Ping,
+}
+
+/// `"recover":{"epoch":"e","offset":12}` of a `subscribe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recover {
+    pub(crate) epoch: String,
+    pub(crate) offset: u64,
 }
 
 /// Every field any command may carry; unknown fields are ignored so that
@@ -95,6 +111,9 @@ struct RawCommand {
     token: Option<Value>,
     batch: Option<Value>,
     data: Option<Box<RawValue>>,
+    recover: Option<Value>,
+    limit: Option<Value>,
+    since: Option<Value>,
 }
 
 /// Why a frame could not become a [`Command`]: the refusal plus the `id`, if
@@ -133,6 +152,11 @@ impl Command {
             None | Some(Value::Null) => Ok(None),
             Some(_) => Err(refuse(&format!("`{name}` must be a string"))),
         };
+        let count = |field: Option<Value>, name: &str| match field {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+            Some(_) => Err(refuse(&format!("`{name}` must be a non-negative integer"))),
+        };
         let channel = |field: Option<Value>| {
             string(field, "channel")?.ok_or_else(|| refuse("`channel` is missing"))
         };
@@ -147,6 +171,28 @@ impl Command {
             },
             Some("subscribe") => CommandKind::Subscribe {
                 channel: channel(raw.channel)?,
+                recover: match raw.recover {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Object(mut recover)) => {
+                        let bad =
+                            || refuse("`recover` needs a string `epoch` and an integer `offset`");
+                        let epoch = match recover.remove("epoch") {
+                            Some(Value::String(epoch)) => epoch,
+                            _ => return Err(bad()),
+                        };
+                        let offset = recover
+                            .get("offset")
+                            .and_then(Value::as_u64)
+                            .ok_or_else(bad)?;
+                        Some(Recover { epoch, offset })
+                    }
+                    Some(_) => return Err(refuse("`recover` must be an object")),
+                },
+            },
+            Some("history") => CommandKind::History {
+                channel: channel(raw.channel)?,
+                limit: count(raw.limit, "limit")?,
+                since: count(raw.since, "since")?,
             },
             Some("unsubscribe") => CommandKind::Unsubscribe {
                 channel: channel(raw.channel)?,
@@ -161,6 +207,29 @@ impl Command {
         };
         Ok(Command { id, kind })
     }
+}
+
+/// The fields of a history answer, `"channel":…,"epoch":…,"messages":[…]`,
+/// without braces: the WebSocket reply and the HTTP body wrap them.
+/// (Channel names and epochs need no escaping; `data` is validated JSON.)
+pub(crate) fn history_fields(channel: &str, epoch: &str, messages: &[Stored]) -> String {
+    let size: usize = messages.iter().map(|m| m.data.len() + 32).sum();
+    let mut fields = String::with_capacity(64 + channel.len() + epoch.len() + size);
+    fields.push_str(r#""channel":""#);
+    fields.push_str(channel);
+    fields.push_str(r#"","epoch":""#);
+    fields.push_str(epoch);
+    fields.push_str(r#"","messages":["#);
+    for (i, message) in messages.iter().enumerate() {
+        if i > 0 {
+            fields.push(',');
+        }
+        let _ = write!(fields, r#"{{"offset":{},"data":"#, message.offset);
+        fields.push_str(&message.data);
+        fields.push('}');
+    }
+    fields.push(']');
+    fields
 }
 
 /// `{"id":N,"type":"error","code":…,"message":…}`; without `id` when none was readable.
@@ -208,7 +277,26 @@ mod tests {
         assert_eq!(c.id, 1);
         assert!(matches!(c.kind, CommandKind::Connect { token: Some(t), batch: true } if t == "t"));
         let c = Command::parse(r#"{"id":2,"type":"subscribe","channel":"public:x"}"#).unwrap();
-        assert!(matches!(c.kind, CommandKind::Subscribe { channel } if channel == "public:x"));
+        assert!(
+            matches!(c.kind, CommandKind::Subscribe { channel, recover: None } if channel == "public:x")
+        );
+        let c = Command::parse(
+            r#"{"id":3,"type":"subscribe","channel":"public:x","recover":{"epoch":"e","offset":12}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(c.kind, CommandKind::Subscribe { recover: Some(r), .. } if r == Recover { epoch: "e".into(), offset: 12 })
+        );
+        let c =
+            Command::parse(r#"{"id":6,"type":"history","channel":"public:x","limit":50}"#).unwrap();
+        assert!(matches!(
+            c.kind,
+            CommandKind::History {
+                limit: Some(50),
+                since: None,
+                ..
+            }
+        ));
         let c = Command::parse(r#"{"id":4,"type":"publish","channel":"c:x","data":{"a":[1,2]}}"#)
             .unwrap();
         match c.kind {
@@ -238,6 +326,16 @@ mod tests {
         assert!(e.refusal.message.contains("channel"));
         let e = Command::parse(r#"{"id":11,"type":"connect","token":5}"#).unwrap_err();
         assert_eq!(e.id, Some(11));
+        let e = Command::parse(
+            r#"{"id":12,"type":"subscribe","channel":"a:b","recover":{"epoch":"e"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.id, Some(12));
+        assert!(e.refusal.message.contains("recover"));
+        let e =
+            Command::parse(r#"{"id":13,"type":"history","channel":"a:b","limit":-1}"#).unwrap_err();
+        assert_eq!(e.id, Some(13));
+        assert!(e.refusal.message.contains("limit"));
     }
 
     #[test]
@@ -248,6 +346,29 @@ mod tests {
             v,
             json!({"type":"message","channel":"public:news","epoch":"a1b2","offset":13,"data":{"t":"x\"y"}})
         );
+    }
+
+    #[test]
+    fn history_fields_make_valid_json() {
+        let messages = [
+            Stored {
+                offset: 7,
+                data: "{\"t\":\"a\"}".into(),
+            },
+            Stored {
+                offset: 8,
+                data: "[1,2]".into(),
+            },
+        ];
+        let body = format!("{{{}}}", history_fields("public:x", "e1", &messages));
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"channel":"public:x","epoch":"e1","messages":[{"offset":7,"data":{"t":"a"}},{"offset":8,"data":[1,2]}]})
+        );
+        let empty = format!("{{{}}}", history_fields("public:x", "e1", &[]));
+        let v: Value = serde_json::from_str(&empty).unwrap();
+        assert_eq!(v["messages"], json!([]));
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub async fn run(
         .route("/ws", get(transport::ws::upgrade))
         .route("/sse", get(transport::sse::stream))
         .route("/api/publish", post(api::publish))
+        .route("/api/channels/{channel}/history", get(api::history))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))

@@ -3,10 +3,12 @@
 
 mod error;
 mod health;
+mod history;
 mod metrics;
 mod publish;
 
 pub(crate) use error::ApiError;
 pub(crate) use health::{healthz, readyz};
+pub(crate) use history::history;
 pub(crate) use metrics::metrics;
 pub(crate) use publish::publish;

@@ -70,7 +70,7 @@ pub(crate) async fn publish(
     Ok(Json(json!({ "results": results })))
 }
 
-fn check_api_key(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn check_api_key(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     match auth::bearer_token(headers) {
         Some(presented) if app.api_key.matches(presented) => Ok(()),
         Some(_) => Err(ApiError::new(ErrorCode::Unauthorized, "wrong API key")),

@@ -5,7 +5,9 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use super::{Attach, Engine, EngineFuture, HistoryPolicy, Position, Publication, Sink};
+use super::{
+    Attach, Attached, Engine, EngineFuture, HistoryPolicy, Position, Publication, Sink, Stored,
+};
 use crate::channel::ChannelName;
 
 const SHARDS: usize = 64;
@@ -25,9 +27,7 @@ struct Log {
 }
 
 struct Entry {
-    #[allow(dead_code)] // read by history and recovery (next slice)
     offset: u64,
-    #[allow(dead_code)]
     data: Arc<str>,
     at: Instant,
 }
@@ -68,6 +68,49 @@ impl Log {
             .is_some_and(|e| now.duration_since(e.at) > policy.ttl)
         {
             self.history.pop_front();
+        }
+    }
+
+    /// The kept entries still inside the ttl, oldest first. Expired ones
+    /// are only dropped on the next publish, so reads skip them here.
+    fn live(&self, ttl: std::time::Duration) -> impl DoubleEndedIterator<Item = &Entry> {
+        let now = Instant::now();
+        let expired = self
+            .history
+            .iter()
+            .take_while(|e| now.duration_since(e.at) > ttl)
+            .count();
+        self.history.iter().skip(expired)
+    }
+
+    /// Every message after `from`, or `None` unless all of them are kept.
+    fn after(&self, from: &Position, policy: HistoryPolicy) -> Option<Vec<Stored>> {
+        if from.epoch != self.epoch || from.offset > self.offset {
+            return None;
+        }
+        if from.offset == self.offset {
+            return Some(Vec::new());
+        }
+        let entries: Vec<&Entry> = self
+            .live(policy.ttl)
+            .filter(|e| e.offset > from.offset)
+            .collect();
+        // Offsets in history are contiguous, so covering the next offset
+        // means covering everything up to the latest.
+        match entries.first() {
+            Some(first) if first.offset == from.offset + 1 => {
+                Some(entries.into_iter().map(Entry::stored).collect())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Entry {
+    fn stored(&self) -> Stored {
+        Stored {
+            offset: self.offset,
+            data: self.data.clone(),
         }
     }
 }
@@ -117,15 +160,48 @@ impl MemoryEngine {
         position
     }
 
-    fn attach_now(&self, channel: &ChannelName, attach: Attach<'_>) -> Position {
+    fn attach_now(
+        &self,
+        channel: &ChannelName,
+        recover_from: Option<&Position>,
+        policy: HistoryPolicy,
+        attach: Attach<'_>,
+    ) -> Attached {
         let mut shard = self
             .shard(channel)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let log = shard.entry(channel.clone()).or_insert_with(Log::new);
         let position = log.position();
+        let missed = recover_from.and_then(|from| log.after(from, policy));
         attach(&position);
-        position
+        Attached { position, missed }
+    }
+
+    fn history_now(
+        &self,
+        channel: &ChannelName,
+        limit: usize,
+        since: Option<u64>,
+        policy: HistoryPolicy,
+    ) -> (Arc<str>, Vec<Stored>) {
+        let mut shard = self
+            .shard(channel)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Created if new, so that the epoch returned is the one later
+        // subscribers and recoveries see.
+        let log = shard.entry(channel.clone()).or_insert_with(Log::new);
+        let since = since.unwrap_or(0);
+        let mut latest: Vec<Stored> = log
+            .live(policy.ttl)
+            .rev()
+            .take_while(|e| e.offset > since)
+            .take(limit)
+            .map(Entry::stored)
+            .collect();
+        latest.reverse();
+        (log.epoch.clone(), latest)
     }
 }
 
@@ -143,10 +219,23 @@ impl Engine for MemoryEngine {
     fn attach<'a>(
         &'a self,
         channel: &'a ChannelName,
+        recover_from: Option<&'a Position>,
+        history: HistoryPolicy,
         attach: Attach<'a>,
-    ) -> EngineFuture<'a, Position> {
-        let position = self.attach_now(channel, attach);
-        Box::pin(std::future::ready(Ok(position)))
+    ) -> EngineFuture<'a, Attached> {
+        let attached = self.attach_now(channel, recover_from, history, attach);
+        Box::pin(std::future::ready(Ok(attached)))
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        limit: usize,
+        since: Option<u64>,
+        history: HistoryPolicy,
+    ) -> EngineFuture<'a, (Arc<str>, Vec<Stored>)> {
+        let found = self.history_now(channel, limit, since, history);
+        Box::pin(std::future::ready(Ok(found)))
     }
 }
 
@@ -211,7 +300,12 @@ mod tests {
         let sink: Arc<dyn Sink> = Arc::new(Recorder::default());
         let engine = MemoryEngine::new(Arc::downgrade(&sink));
         let a = ChannelName::parse("public:a").unwrap();
-        let fresh = engine.attach(&a, Box::new(|_| {})).await.unwrap();
+        let fresh = engine
+            .attach(&a, None, policy(10), Box::new(|_| {}))
+            .await
+            .unwrap();
+        assert!(fresh.missed.is_none(), "no recovery was asked for");
+        let fresh = fresh.position;
         assert_eq!(fresh.offset, 0);
         engine
             .publish(&a, Arc::from("1"), policy(10))
@@ -219,9 +313,10 @@ mod tests {
             .unwrap();
         let mut seen = None;
         let pos = engine
-            .attach(&a, Box::new(|p| seen = Some(p.offset)))
+            .attach(&a, None, policy(10), Box::new(|p| seen = Some(p.offset)))
             .await
-            .unwrap();
+            .unwrap()
+            .position;
         assert_eq!((pos.offset, seen), (1, Some(1)));
         assert_eq!(pos.epoch, fresh.epoch);
     }
@@ -236,5 +331,85 @@ mod tests {
         assert_eq!(kept, vec![3, 4, 5]);
         log.remember(6, Arc::from("6"), policy(0));
         assert!(log.history.is_empty());
+    }
+
+    async fn engine_with(channel: &ChannelName, messages: u64, keep: usize) -> MemoryEngine {
+        let sink: Arc<dyn Sink> = Arc::new(Recorder::default());
+        let engine = MemoryEngine::new(Arc::downgrade(&sink));
+        for i in 1..=messages {
+            engine
+                .publish(channel, Arc::from(i.to_string()), policy(keep))
+                .await
+                .unwrap();
+        }
+        engine
+    }
+
+    fn offsets(stored: &[Stored]) -> Vec<u64> {
+        stored.iter().map(|s| s.offset).collect()
+    }
+
+    #[tokio::test]
+    async fn history_gives_the_latest_oldest_first_after_since() {
+        let a = ChannelName::parse("public:a").unwrap();
+        let engine = engine_with(&a, 10, 5).await;
+        let (epoch, all) = engine.history(&a, 100, None, policy(5)).await.unwrap();
+        assert_eq!(offsets(&all), vec![6, 7, 8, 9, 10]);
+        assert_eq!(&*all[0].data, "6");
+        let (_, two) = engine.history(&a, 2, None, policy(5)).await.unwrap();
+        assert_eq!(offsets(&two), vec![9, 10]);
+        let (_, since) = engine.history(&a, 100, Some(8), policy(5)).await.unwrap();
+        assert_eq!(offsets(&since), vec![9, 10]);
+        let position = engine
+            .attach(&a, None, policy(5), Box::new(|_| {}))
+            .await
+            .unwrap()
+            .position;
+        assert_eq!(position.epoch, epoch, "history reports the channel's epoch");
+        let expired = HistoryPolicy {
+            size: 5,
+            ttl: Duration::ZERO,
+        };
+        std::thread::sleep(Duration::from_millis(2));
+        let (_, none) = engine.history(&a, 100, None, expired).await.unwrap();
+        assert!(none.is_empty(), "expired messages are not history");
+    }
+
+    #[tokio::test]
+    async fn recovery_is_all_or_nothing() {
+        let a = ChannelName::parse("public:a").unwrap();
+        let engine = engine_with(&a, 10, 5).await;
+        let (epoch, _) = engine.history(&a, 0, None, policy(5)).await.unwrap();
+        let recover = |offset: u64, epoch: &Arc<str>| Position {
+            epoch: epoch.clone(),
+            offset,
+        };
+        let missed = |from: Position| {
+            let engine = &engine;
+            let a = &a;
+            async move {
+                engine
+                    .attach(a, Some(&from), policy(5), Box::new(|_| {}))
+                    .await
+                    .unwrap()
+                    .missed
+                    .map(|m| offsets(&m))
+            }
+        };
+        assert_eq!(missed(recover(7, &epoch)).await, Some(vec![8, 9, 10]));
+        assert_eq!(
+            missed(recover(5, &epoch)).await,
+            Some(vec![6, 7, 8, 9, 10]),
+            "the oldest kept message is exactly the next one"
+        );
+        assert_eq!(missed(recover(10, &epoch)).await, Some(vec![]));
+        assert_eq!(
+            missed(recover(4, &epoch)).await,
+            None,
+            "6 is the oldest kept"
+        );
+        assert_eq!(missed(recover(11, &epoch)).await, None, "from the future");
+        let other: Arc<str> = Arc::from("another");
+        assert_eq!(missed(recover(9, &other)).await, None, "another epoch");
     }
 }

@@ -41,6 +41,25 @@ pub(crate) struct HistoryPolicy {
     pub(crate) ttl: Duration,
 }
 
+/// One message as history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) offset: u64,
+    /// The message data as JSON text, as it was published.
+    pub(crate) data: Arc<str>,
+}
+
+/// What [`Engine::attach`] found while the channel was locked.
+#[derive(Debug)]
+pub(crate) struct Attached {
+    /// The channel's latest position when the subscriber went live.
+    pub(crate) position: Position,
+    /// Only when asked to recover: the messages after the given position,
+    /// oldest first (possibly none), or `None` when they cannot all be given
+    /// (another epoch, or history no longer reaches back that far).
+    pub(crate) missed: Option<Vec<Stored>>,
+}
+
 /// Receives every publication, in offset order per channel.
 pub(crate) trait Sink: Send + Sync {
     fn deliver(&self, publication: &Publication);
@@ -73,9 +92,27 @@ pub(crate) trait Engine: Send + Sync {
     /// Runs `attach` with the channel's latest position such that no
     /// publication of the channel is delivered between reading the position
     /// and `attach` returning: every later publication has a larger offset.
+    ///
+    /// With `recover_from`, also returns every kept message after that
+    /// position, read in the same critical section, so that missed plus live
+    /// messages are exactly contiguous. All of them or none: if the epoch
+    /// differs or history (per `history`) no longer covers the next offset,
+    /// `missed` is `None`.
     fn attach<'a>(
         &'a self,
         channel: &'a ChannelName,
+        recover_from: Option<&'a Position>,
+        history: HistoryPolicy,
         attach: Attach<'a>,
-    ) -> EngineFuture<'a, Position>;
+    ) -> EngineFuture<'a, Attached>;
+
+    /// The channel's epoch and its latest `limit` kept messages with an
+    /// offset greater than `since`, oldest first.
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        limit: usize,
+        since: Option<u64>,
+        history: HistoryPolicy,
+    ) -> EngineFuture<'a, (Arc<str>, Vec<Stored>)>;
 }

@@ -16,9 +16,9 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::auth::Identity;
 use crate::channel::ChannelName;
-use crate::engine::{Engine, HistoryPolicy, Position, Publication, Sink};
+use crate::engine::{Engine, HistoryPolicy, Position, Publication, Sink, Stored};
 use crate::plugins::{
-    Delivery, Governor, PublishSource, PublishVerdict, Registry, SubscribeVerdict,
+    ChannelOptions, Delivery, Governor, PublishSource, PublishVerdict, Registry, SubscribeVerdict,
 };
 use crate::protocol::{self, ErrorCode, Refusal};
 
@@ -32,6 +32,25 @@ pub(crate) struct Push {
     pub(crate) offset: u64,
     /// The complete `{"type":"message",…}` JSON, shared, never copied per subscriber.
     pub(crate) frame: Utf8Bytes,
+}
+
+/// A live subscription and, when recovery was asked for, what was missed.
+#[derive(Debug)]
+pub(crate) struct Subscribed {
+    /// The channel's position at the moment the subscription went live.
+    pub(crate) position: Position,
+    /// Every message after the recovery position, oldest first, as this
+    /// subscriber's audience receives them; `None` when not all of them are
+    /// kept any more (or the epoch changed), and when no recovery was asked.
+    pub(crate) missed: Option<Vec<Arc<Push>>>,
+}
+
+/// A channel's kept messages as one reader may see them.
+#[derive(Debug)]
+pub(crate) struct History {
+    pub(crate) epoch: Arc<str>,
+    /// Oldest first.
+    pub(crate) messages: Vec<Stored>,
 }
 
 /// Why the hub cut a connection off.
@@ -297,6 +316,23 @@ impl Hub {
         connection: &Arc<Connection>,
         channel: &ChannelName,
     ) -> Result<Position, Refusal> {
+        self.subscribe_recovering(connection, channel, None)
+            .await
+            .map(|subscribed| subscribed.position)
+    }
+
+    /// Like [`Self::subscribe`], and with `recover_from` also returns every
+    /// message after that position (or `None` if history no longer has all
+    /// of them). The missed messages and the subscription are read and made
+    /// in one critical section of the engine: every later message reaches
+    /// the queue, so writing the missed ones first leaves no gap and no
+    /// duplicate.
+    pub(crate) async fn subscribe_recovering(
+        &self,
+        connection: &Arc<Connection>,
+        channel: &ChannelName,
+        recover_from: Option<&Position>,
+    ) -> Result<Subscribed, Refusal> {
         if connection.is_subscribed(channel) {
             return Err(Refusal::bad_request(format!(
                 "already subscribed to `{channel}`"
@@ -310,33 +346,99 @@ impl Hub {
             ));
         }
         let governor = self.governor(channel)?;
-        let audience = match governor.authorize_subscribe(channel, connection.identity()) {
-            SubscribeVerdict::Allow { audience, .. } => {
-                Arc::<str>::from(audience.unwrap_or_default())
-            }
-            SubscribeVerdict::Deny { reason } => {
-                return Err(Refusal::new(ErrorCode::Forbidden, reason))
-            }
-            SubscribeVerdict::Fault => return Err(plugin_fault(&governor)),
-        };
+        let audience = authorize(&governor, channel, connection.identity())?;
         let attach_to = connection.clone();
-        let position = self
+        let subscriber_audience = audience.clone();
+        let attached = self
             .inner
             .engine
             .attach(
                 channel,
+                recover_from,
+                history_policy(governor.options()),
                 Box::new(|_| {
                     self.inner
                         .shard(channel)
                         .entry(channel.clone())
                         .or_default()
-                        .insert(attach_to, audience);
+                        .insert(attach_to, subscriber_audience);
                 }),
             )
             .await
             .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
         lock(&connection.channels).insert(channel.clone());
-        Ok(position)
+        let epoch = attached.position.epoch.clone();
+        let missed = attached.missed.map(|missed| {
+            for_audience(&governor, channel, missed, &audience)
+                .into_iter()
+                .map(|stored| {
+                    Arc::new(Push::new(
+                        &Publication {
+                            channel: channel.clone(),
+                            epoch: epoch.clone(),
+                            offset: stored.offset,
+                            data: stored.data.clone(),
+                        },
+                        &stored.data,
+                    ))
+                })
+                .collect()
+        });
+        Ok(Subscribed {
+            position: attached.position,
+            missed,
+        })
+    }
+
+    /// The latest `limit` kept messages (all kept ones when `None`; never
+    /// more than the channel keeps) with an offset after `since`, as
+    /// `connection` may see them: the plugin must allow it to subscribe,
+    /// and messages its `filter` skips for the connection's audience are
+    /// left out (so fewer than `limit` may come back).
+    pub(crate) async fn history_for(
+        &self,
+        connection: &Connection,
+        channel: &ChannelName,
+        limit: Option<u64>,
+        since: Option<u64>,
+    ) -> Result<History, Refusal> {
+        let governor = self.governor(channel)?;
+        let audience = authorize(&governor, channel, connection.identity())?;
+        let mut history = self.read_history(&governor, channel, limit, since).await?;
+        history.messages = for_audience(&governor, channel, history.messages, &audience);
+        Ok(history)
+    }
+
+    /// History as Stud.IP's server sees it (behind the API key): every kept
+    /// message, unfiltered.
+    pub(crate) async fn history(
+        &self,
+        channel: &ChannelName,
+        limit: Option<u64>,
+        since: Option<u64>,
+    ) -> Result<History, Refusal> {
+        let governor = self.governor(channel)?;
+        self.read_history(&governor, channel, limit, since).await
+    }
+
+    async fn read_history(
+        &self,
+        governor: &Governor,
+        channel: &ChannelName,
+        limit: Option<u64>,
+        since: Option<u64>,
+    ) -> Result<History, Refusal> {
+        let policy = history_policy(governor.options());
+        let limit = limit.map_or(policy.size, |l| {
+            usize::try_from(l).unwrap_or(usize::MAX).min(policy.size)
+        });
+        let (epoch, messages) = self
+            .inner
+            .engine
+            .history(channel, limit, since, policy)
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+        Ok(History { epoch, messages })
     }
 
     /// Ends a subscription; unsubscribing from a channel one is not
@@ -377,12 +479,7 @@ impl Hub {
                 }
                 PublishVerdict::Fault => return Err(plugin_fault(&governor)),
             };
-            let options = governor.options();
-            let history = HistoryPolicy {
-                size: options.history_size as usize,
-                ttl: options.history_ttl,
-            };
-            approved.push((channel, data, history));
+            approved.push((channel, data, history_policy(governor.options())));
         }
         let mut positions = Vec::with_capacity(approved.len());
         for (channel, data, history) in approved {
@@ -427,6 +524,58 @@ fn single_line(json: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Borrowed(json)
     }
+}
+
+fn history_policy(options: &ChannelOptions) -> HistoryPolicy {
+    HistoryPolicy {
+        size: options.history_size as usize,
+        ttl: options.history_ttl,
+    }
+}
+
+/// Asks the plugin whether `identity` may subscribe; the audience tag on yes.
+fn authorize(
+    governor: &Governor,
+    channel: &ChannelName,
+    identity: Option<&Identity>,
+) -> Result<Arc<str>, Refusal> {
+    match governor.authorize_subscribe(channel, identity) {
+        SubscribeVerdict::Allow { audience, .. } => Ok(Arc::from(audience.unwrap_or_default())),
+        SubscribeVerdict::Deny { reason } => Err(Refusal::new(ErrorCode::Forbidden, reason)),
+        SubscribeVerdict::Fault => Err(plugin_fault(governor)),
+    }
+}
+
+/// Kept messages as one audience receives them live: through the plugin's
+/// `filter` when it has one (skipped ones left out, replaced ones replaced).
+fn for_audience(
+    governor: &Governor,
+    channel: &ChannelName,
+    messages: Vec<Stored>,
+    audience: &str,
+) -> Vec<Stored> {
+    if !governor.filters() {
+        return messages;
+    }
+    let audiences = [audience.to_string()];
+    messages
+        .into_iter()
+        .filter_map(|stored| {
+            let delivery = governor
+                .filter(channel, &stored.data, &audiences)
+                .into_iter()
+                .next()
+                .unwrap_or(Delivery::Skip);
+            match delivery {
+                Delivery::Skip => None,
+                Delivery::Original => Some(stored),
+                Delivery::Replace(data) => Some(Stored {
+                    offset: stored.offset,
+                    data: Arc::from(single_line(&data)),
+                }),
+            }
+        })
+        .collect()
 }
 
 fn plugin_fault(governor: &Governor) -> Refusal {

@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::auth::Identity;
+use crate::engine::Position;
 use crate::hub::{self, CutOff, Push, Registration};
 use crate::plugins::PublishSource;
-use crate::protocol::{self, Command, CommandKind, ErrorCode, Refusal};
+use crate::protocol::{self, Command, CommandKind, ErrorCode, Recover, Refusal};
 use crate::server::AppState;
 
 /// Close codes of wire contract v1 (docs/protocol.md).
@@ -58,6 +59,7 @@ pub(crate) async fn upgrade(
                 socket,
                 app,
                 batch: matches!(params.batch.as_deref(), Some("1" | "true")),
+                replay: Vec::new(),
             };
             session.run(params.token).await;
         })
@@ -67,6 +69,9 @@ struct Session {
     socket: WebSocket,
     app: AppState,
     batch: bool,
+    /// Recovered messages to write right after the current reply, before
+    /// anything from the queue (whose messages all have larger offsets).
+    replay: Vec<Arc<Push>>,
 }
 
 /// How the connection ended up authenticated.
@@ -148,7 +153,7 @@ impl Session {
                         Message::Ping(_) | Message::Pong(_) => continue,
                         Message::Close(_) => return,
                     };
-                    if self.send_text(reply).await.is_err() {
+                    if self.send_reply(reply).await.is_err() {
                         return;
                     }
                 }
@@ -256,7 +261,14 @@ impl Session {
                     return self.connected_reply(id, registration);
                 }
             }
-            CommandKind::Subscribe { channel } => self.subscribe(id, &channel, registration).await,
+            CommandKind::Subscribe { channel, recover } => {
+                self.subscribe(id, &channel, recover, registration).await
+            }
+            CommandKind::History {
+                channel,
+                limit,
+                since,
+            } => self.history(id, &channel, limit, since, registration).await,
             CommandKind::Unsubscribe { channel } => hub::parse_channel(&channel).map(|channel| {
                 self.app.hub.unsubscribe(registration, &channel);
                 json!({"id": id, "type": "unsubscribed", "channel": channel.as_str()}).to_string()
@@ -273,18 +285,52 @@ impl Session {
         &mut self,
         id: u64,
         channel: &str,
+        recover: Option<Recover>,
         registration: &Registration,
     ) -> Result<String, Refusal> {
         let channel = hub::parse_channel(channel)?;
-        let position = self.app.hub.subscribe(registration, &channel).await?;
-        Ok(json!({
+        let from = recover.map(|r| Position {
+            epoch: Arc::from(r.epoch),
+            offset: r.offset,
+        });
+        let subscribed = self
+            .app
+            .hub
+            .subscribe_recovering(registration, &channel, from.as_ref())
+            .await?;
+        let position = &subscribed.position;
+        let mut reply = json!({
             "id": id,
             "type": "subscribed",
             "channel": channel.as_str(),
             "epoch": &*position.epoch,
             "offset": position.offset,
-        })
-        .to_string())
+        });
+        if from.is_some() {
+            reply["recovered"] = json!(subscribed.missed.is_some());
+        }
+        self.replay = subscribed.missed.unwrap_or_default();
+        Ok(reply.to_string())
+    }
+
+    async fn history(
+        &mut self,
+        id: u64,
+        channel: &str,
+        limit: Option<u64>,
+        since: Option<u64>,
+        registration: &Registration,
+    ) -> Result<String, Refusal> {
+        let channel = hub::parse_channel(channel)?;
+        let history = self
+            .app
+            .hub
+            .history_for(registration, &channel, limit, since)
+            .await?;
+        Ok(format!(
+            r#"{{"id":{id},"type":"history",{}}}"#,
+            protocol::history_fields(channel.as_str(), &history.epoch, &history.messages)
+        ))
     }
 
     async fn publish(
@@ -372,6 +418,21 @@ impl Session {
                 let Ok(next) = queue.try_recv() else { break };
                 self.socket.feed(Message::Text(next.frame.clone())).await?;
             }
+        }
+        self.socket.flush().await
+    }
+
+    /// Sends a command's reply, then the messages a recovering `subscribe`
+    /// found, in order, in one flush.
+    async fn send_reply(&mut self, reply: String) -> Result<(), axum::Error> {
+        if self.replay.is_empty() {
+            return self.send_text(reply).await;
+        }
+        self.socket
+            .feed(Message::Text(Utf8Bytes::from(reply)))
+            .await?;
+        for push in std::mem::take(&mut self.replay) {
+            self.socket.feed(Message::Text(push.frame.clone())).await?;
         }
         self.socket.flush().await
     }
