@@ -160,11 +160,19 @@ impl ServerBuilder {
     }
 }
 
+/// The example plugins every default-directory test may rely on: fail, never skip.
+const EXAMPLE_PLUGINS: [&str; 3] = ["public", "course", "user"];
+
 fn require_plugins(dir: &Path) {
-    if dir == default_plugins_dir() && !dir.join("public.wasm").exists() {
-        panic!(
+    if dir != default_plugins_dir() {
+        return;
+    }
+    for plugin in EXAMPLE_PLUGINS {
+        let wasm = dir.join(format!("{plugin}.wasm"));
+        assert!(
+            wasm.exists(),
             "{} is missing: run `cargo xtask build-plugins` first",
-            dir.join("public.wasm").display()
+            wasm.display()
         );
     }
 }
@@ -312,6 +320,12 @@ impl Server {
         WsClient::connect(&self.ws_url(path_and_query))
             .await
             .unwrap_or_else(|e| panic!("WebSocket to {path_and_query}: {e:#}"))
+    }
+
+    /// A WebSocket authenticated with `?token=` as `sub` with these extra claims (1 h token).
+    pub async fn ws_as(&self, sub: &str, claims: Value) -> WsClient {
+        let token = self.mint(sub, claims, Duration::from_secs(3600));
+        self.ws(&format!("/ws?token={token}")).await
     }
 
     /// A WebSocket authenticated with `?token=` and subscribed to `channel`; also returns the

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use stellwerk_e2e::binary::default_plugins_dir;
 use stellwerk_e2e::{assert_ws_error, Server, SseStream, WsClient};
 
 const COURSE: &str = "a07535cf2f8a72df33c12ddfa4b53dde";
@@ -26,26 +25,8 @@ fn member(status: &str) -> Value {
     json!({"perm": "autor", "courses": { COURSE: status }})
 }
 
-/// A broker with the example plugins; fails (never skips) when `course.wasm` is not built.
-async fn start() -> Server {
-    let wasm = default_plugins_dir().join("course.wasm");
-    assert!(
-        wasm.exists(),
-        "{} is missing: run `cargo xtask build-plugins` first",
-        wasm.display()
-    );
-    Server::start().await
-}
-
-/// A WebSocket authenticated as `sub` with these claims.
-async fn connect(server: &Server, sub: &str, claims: Value) -> WsClient {
-    let token = server.mint(sub, claims, Duration::from_secs(3600));
-    server.ws(&format!("/ws?token={token}")).await
-}
-
-/// A WebSocket of `sub` subscribed to `channel`, and its `subscribed` reply.
 async fn join(server: &Server, sub: &str, claims: Value, channel: &str) -> (WsClient, Value) {
-    let mut ws = connect(server, sub, claims).await;
+    let mut ws = server.ws_as(sub, claims).await;
     let reply = ws
         .request(json!({"type": "subscribe", "channel": channel}))
         .await;
@@ -79,7 +60,7 @@ async fn chat(ws: &mut WsClient, data: Value) -> Value {
 
 #[tokio::test]
 async fn course_members_chat_and_every_member_receives_it() {
-    let server = start().await;
+    let server = Server::start().await;
     let (mut ada, subscribed) = join(&server, AUTOR, member("autor"), CHAT).await;
     let (mut bob, _) = join(&server, AUTOR_2, member("user"), CHAT).await;
 
@@ -107,7 +88,7 @@ async fn course_members_chat_and_every_member_receives_it() {
 
 #[tokio::test]
 async fn a_member_with_status_user_may_not_chat() {
-    let server = start().await;
+    let server = Server::start().await;
     let (mut reader, subscribed) = join(&server, AUTOR, member("autor"), CHAT).await;
     let (mut guest, _) = join(&server, USER, member("user"), CHAT).await;
 
@@ -126,7 +107,7 @@ async fn a_member_with_status_user_may_not_chat() {
 
 #[tokio::test]
 async fn clients_chat_only_on_the_chat_topic_while_the_server_publishes_on_any() {
-    let server = start().await;
+    let server = Server::start().await;
     let wiki = format!("course:{COURSE}:wiki");
     let (mut dozent, _) = join(&server, DOZENT, member("dozent"), &wiki).await;
 
@@ -144,9 +125,9 @@ async fn clients_chat_only_on_the_chat_topic_while_the_server_publishes_on_any()
 
 #[tokio::test]
 async fn non_members_are_refused_and_admin_and_root_may_subscribe_without_membership() {
-    let server = start().await;
+    let server = Server::start().await;
     let stranger = json!({"perm": "dozent", "courses": { OTHER_COURSE: "dozent" }});
-    let mut ws = connect(&server, STRANGER, stranger).await;
+    let mut ws = server.ws_as(STRANGER, stranger).await;
     let reply = ws
         .request(json!({"type": "subscribe", "channel": CHAT}))
         .await;
@@ -169,8 +150,8 @@ async fn non_members_are_refused_and_admin_and_root_may_subscribe_without_member
 
 #[tokio::test]
 async fn malformed_course_channels_are_refused_with_a_reason() {
-    let server = start().await;
-    let mut root = connect(&server, ROOT, json!({"perm": "root"})).await;
+    let server = Server::start().await;
+    let mut root = server.ws_as(ROOT, json!({"perm": "root"})).await;
     for (channel, reason) in [
         ("course:abc:chat".to_owned(), "course id"),
         (format!("course:{COURSE}"), "course:<course_id>:<topic>"),
@@ -188,7 +169,7 @@ async fn malformed_course_channels_are_refused_with_a_reason() {
 
 #[tokio::test]
 async fn the_author_cannot_be_spoofed() {
-    let server = start().await;
+    let server = Server::start().await;
     let (mut ada, _) = join(&server, AUTOR, member("autor"), CHAT).await;
     let (mut tutor, _) = join(&server, TUTOR, member("tutor"), CHAT).await;
     let (mut guest, _) = join(&server, USER, member("user"), CHAT).await;
@@ -211,7 +192,7 @@ async fn the_author_cannot_be_spoofed() {
 
 #[tokio::test]
 async fn chat_text_is_cut_to_2000_characters() {
-    let server = start().await;
+    let server = Server::start().await;
     let (mut ada, _) = join(&server, AUTOR, member("autor"), CHAT).await;
     let (mut bob, _) = join(&server, AUTOR_2, member("autor"), CHAT).await;
 
@@ -230,7 +211,7 @@ async fn chat_text_is_cut_to_2000_characters() {
 
 #[tokio::test]
 async fn staff_only_messages_reach_tutors_dozents_and_admins_only() {
-    let server = start().await;
+    let server = Server::start().await;
     let (mut guest, _) = join(&server, USER, member("user"), CHAT).await;
     let (mut autor, _) = join(&server, AUTOR, member("autor"), CHAT).await;
     let (mut tutor, _) = join(&server, TUTOR, member("tutor"), CHAT).await;
@@ -265,7 +246,7 @@ async fn staff_only_messages_reach_tutors_dozents_and_admins_only() {
 
 #[tokio::test]
 async fn staff_only_messages_respect_the_audience_over_sse_too() {
-    let server = start().await;
+    let server = Server::start().await;
     let mut autor = join_sse(&server, AUTOR, member("autor"), CHAT).await;
     let mut tutor = join_sse(&server, TUTOR, member("tutor"), CHAT).await;
 

@@ -6,31 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use stellwerk_e2e::binary::default_plugins_dir;
 use stellwerk_e2e::server::status_and_json;
 use stellwerk_e2e::{assert_http_error, assert_ws_error, Server, WsClient};
 
 /// The `public` plugin keeps this many messages per channel.
 const PUBLIC_HISTORY: u64 = 100;
-
-/// A broker with the example plugins; fails (never skips) when they are not built.
-async fn start() -> Server {
-    for plugin in ["public", "user", "course"] {
-        let wasm = default_plugins_dir().join(format!("{plugin}.wasm"));
-        assert!(
-            wasm.exists(),
-            "{} is missing: run `cargo xtask build-plugins` first",
-            wasm.display()
-        );
-    }
-    Server::start().await
-}
-
-/// A WebSocket authenticated as `sub` with these claims.
-async fn connect(server: &Server, sub: &str, claims: Value) -> WsClient {
-    let token = server.mint(sub, claims, Duration::from_secs(3600));
-    server.ws(&format!("/ws?token={token}")).await
-}
 
 /// Publishes `{"n": 1}` … `{"n": count}` to `channel`; returns the epoch.
 async fn publish_numbered(server: &Server, channel: &str, count: u64) -> String {
@@ -80,10 +60,10 @@ async fn expect_message(ws: &mut WsClient, channel: &str, offset: u64) {
 
 #[tokio::test]
 async fn history_returns_the_latest_messages_oldest_first_within_the_history_size() {
-    let server = start().await;
+    let server = Server::start().await;
     let channel = "public:news";
     let epoch = publish_numbered(&server, channel, 120).await;
-    let mut ws = connect(&server, "u-reader", json!({})).await;
+    let mut ws = server.ws_as("u-reader", json!({})).await;
 
     let all = ws
         .request(json!({"type": "history", "channel": channel}))
@@ -135,13 +115,13 @@ async fn history_returns_the_latest_messages_oldest_first_within_the_history_siz
 async fn history_is_only_for_those_who_may_subscribe() {
     const ADA: &str = "e7a0a84b161f3e8c09b4a0a2e8a58147";
     const BOB: &str = "76ed43ef286fb55cf9e41beadb484a9f";
-    let server = start().await;
+    let server = Server::start().await;
     let ada_channel = format!("user:{ADA}");
     server
         .publish_ok(&ada_channel, &json!({"notification": "graded"}))
         .await;
 
-    let mut bob = connect(&server, BOB, json!({"perm": "autor"})).await;
+    let mut bob = server.ws_as(BOB, json!({"perm": "autor"})).await;
     let refused = bob
         .request(json!({"type": "history", "channel": ada_channel}))
         .await;
@@ -159,7 +139,7 @@ async fn history_is_only_for_those_who_may_subscribe() {
         .await;
     assert_ws_error(&bad_limit, "bad_request");
 
-    let mut ada = connect(&server, ADA, json!({"perm": "autor"})).await;
+    let mut ada = server.ws_as(ADA, json!({"perm": "autor"})).await;
     let own = ada
         .request(json!({"type": "history", "channel": ada_channel}))
         .await;
@@ -174,14 +154,14 @@ async fn history_is_only_for_those_who_may_subscribe() {
 async fn history_passes_the_plugins_filter_for_the_readers_audience() {
     const COURSE: &str = "a07535cf2f8a72df33c12ddfa4b53dde";
     const CHAT: &str = "course:a07535cf2f8a72df33c12ddfa4b53dde:chat";
-    let server = start().await;
+    let server = Server::start().await;
     let everyone = json!({"text": "Willkommen"});
     let staff_only = json!({"text": "Klausur korrigiert", "visibility": "staff"});
     server.publish_ok(CHAT, &everyone).await;
     server.publish_ok(CHAT, &staff_only).await;
 
     let member = |status: &str| json!({"perm": "autor", "courses": { COURSE: status }});
-    let mut autor = connect(&server, "autor-1", member("autor")).await;
+    let mut autor = server.ws_as("autor-1", member("autor")).await;
     let seen = autor
         .request(json!({"type": "history", "channel": CHAT}))
         .await;
@@ -192,7 +172,7 @@ async fn history_passes_the_plugins_filter_for_the_readers_audience() {
         "an autor must not see the staff message in history"
     );
 
-    let mut tutor = connect(&server, "tutor-1", member("tutor")).await;
+    let mut tutor = server.ws_as("tutor-1", member("tutor")).await;
     let seen = tutor
         .request(json!({"type": "history", "channel": CHAT}))
         .await;
@@ -201,7 +181,7 @@ async fn history_passes_the_plugins_filter_for_the_readers_audience() {
         json!([{"offset": 1, "data": everyone}, {"offset": 2, "data": staff_only}])
     );
 
-    let mut stranger = connect(&server, "stranger", json!({"perm": "autor"})).await;
+    let mut stranger = server.ws_as("stranger", json!({"perm": "autor"})).await;
     let refused = stranger
         .request(json!({"type": "history", "channel": CHAT}))
         .await;
@@ -220,10 +200,10 @@ async fn history_passes_the_plugins_filter_for_the_readers_audience() {
 
 #[tokio::test]
 async fn recovery_replays_the_missed_messages_before_live_ones() {
-    let server = start().await;
+    let server = Server::start().await;
     let channel = "public:recover";
     let epoch = publish_numbered(&server, channel, 3).await;
-    let mut ws = connect(&server, "u-back", json!({})).await;
+    let mut ws = server.ws_as("u-back", json!({})).await;
     let reply = ws
         .request(json!({"type": "subscribe", "channel": channel,
                         "recover": {"epoch": epoch, "offset": 1}}))
@@ -237,7 +217,7 @@ async fn recovery_replays_the_missed_messages_before_live_ones() {
     expect_message(&mut ws, channel, 4).await;
 
     // Already up to date: recovered, nothing to replay.
-    let mut current = connect(&server, "u-current", json!({})).await;
+    let mut current = server.ws_as("u-current", json!({})).await;
     let reply = current
         .request(json!({"type": "subscribe", "channel": channel,
                         "recover": {"epoch": epoch, "offset": 4}}))
@@ -253,10 +233,10 @@ async fn recovery_replays_the_missed_messages_before_live_ones() {
 
 #[tokio::test]
 async fn another_epoch_is_not_recovered_and_nothing_is_replayed() {
-    let server = start().await;
+    let server = Server::start().await;
     let channel = "public:epochs";
     let epoch = publish_numbered(&server, channel, 3).await;
-    let mut ws = connect(&server, "u-stale", json!({})).await;
+    let mut ws = server.ws_as("u-stale", json!({})).await;
     let reply = ws
         .request(json!({"type": "subscribe", "channel": channel,
                         "recover": {"epoch": format!("{epoch}x"), "offset": 1}}))
@@ -271,12 +251,12 @@ async fn another_epoch_is_not_recovered_and_nothing_is_replayed() {
 
 #[tokio::test]
 async fn a_gap_older_than_the_history_is_not_recovered_and_nothing_is_replayed() {
-    let server = start().await;
+    let server = Server::start().await;
     let channel = "public:long-gone";
     let published = PUBLIC_HISTORY + 10;
     let epoch = publish_numbered(&server, channel, published).await;
     // Kept: 11..=110. From 9, offset 10 is missing: not recoverable, not even partly.
-    let mut late = connect(&server, "u-late", json!({})).await;
+    let mut late = server.ws_as("u-late", json!({})).await;
     let reply = late
         .request(json!({"type": "subscribe", "channel": channel,
                         "recover": {"epoch": epoch, "offset": 9}}))
@@ -289,7 +269,7 @@ async fn a_gap_older_than_the_history_is_not_recovered_and_nothing_is_replayed()
     expect_message(&mut late, channel, published + 1).await;
 
     // From 11 (kept: 12..=111), the oldest kept message is exactly the next one.
-    let mut just_in_time = connect(&server, "u-in-time", json!({})).await;
+    let mut just_in_time = server.ws_as("u-in-time", json!({})).await;
     let reply = just_in_time
         .request(json!({"type": "subscribe", "channel": channel,
                         "recover": {"epoch": epoch, "offset": 11}}))
@@ -318,7 +298,7 @@ async fn clients_recover_exactly_while_publishing_continues() {
     const CLIENTS: usize = 20;
     /// Upper bounds for the publisher, whatever happens to the clients.
     const MAX_MESSAGES: u64 = 5_000;
-    let server = Arc::new(start().await);
+    let server = Arc::new(Server::start().await);
     let channel = "public:busy";
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
@@ -398,7 +378,7 @@ async fn clients_recover_exactly_while_publishing_continues() {
 
 #[tokio::test]
 async fn http_history_needs_the_api_key() {
-    let server = start().await;
+    let server = Server::start().await;
     let channel = "public:api";
     let epoch = publish_numbered(&server, channel, 4).await;
     let path = format!("/api/channels/{channel}/history");

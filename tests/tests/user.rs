@@ -3,40 +3,18 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use stellwerk_e2e::binary::default_plugins_dir;
+use serde_json::json;
 use stellwerk_e2e::server::status_and_json;
-use stellwerk_e2e::{assert_http_error, assert_ws_error, Server, WsClient};
+use stellwerk_e2e::{assert_http_error, assert_ws_error, Server};
 
 const ADA: &str = "e7a0a84b161f3e8c09b4a0a2e8a58147";
 const BOB: &str = "76ed43ef286fb55cf9e41beadb484a9f";
 const ADA_CHANNEL: &str = "user:e7a0a84b161f3e8c09b4a0a2e8a58147";
 
-/// A broker with the example plugins; fails (never skips) when `user.wasm` is not built.
-async fn start_with(builder: stellwerk_e2e::ServerBuilder) -> Server {
-    let wasm = default_plugins_dir().join("user.wasm");
-    assert!(
-        wasm.exists(),
-        "{} is missing: run `cargo xtask build-plugins` first",
-        wasm.display()
-    );
-    builder.start().await
-}
-
-async fn start() -> Server {
-    start_with(Server::builder()).await
-}
-
-/// A WebSocket authenticated as `sub` with these claims.
-async fn connect(server: &Server, sub: &str, claims: Value) -> WsClient {
-    let token = server.mint(sub, claims, Duration::from_secs(3600));
-    server.ws(&format!("/ws?token={token}")).await
-}
-
 #[tokio::test]
 async fn the_owner_subscribes_and_receives_what_the_server_publishes() {
-    let server = start().await;
-    let mut ada = connect(&server, ADA, json!({"perm": "autor"})).await;
+    let server = Server::start().await;
+    let mut ada = server.ws_as(ADA, json!({"perm": "autor"})).await;
     let subscribed = ada
         .request(json!({"type": "subscribe", "channel": ADA_CHANNEL}))
         .await;
@@ -59,9 +37,9 @@ async fn the_owner_subscribes_and_receives_what_the_server_publishes() {
 
 #[tokio::test]
 async fn another_user_is_forbidden_even_root() {
-    let server = start().await;
+    let server = Server::start().await;
     for perm in ["autor", "root"] {
-        let mut bob = connect(&server, BOB, json!({ "perm": perm })).await;
+        let mut bob = server.ws_as(BOB, json!({ "perm": perm })).await;
         let reply = bob
             .request(json!({"type": "subscribe", "channel": ADA_CHANNEL}))
             .await;
@@ -83,8 +61,8 @@ async fn another_user_is_forbidden_even_root() {
 
 #[tokio::test]
 async fn client_publish_is_forbidden_even_for_the_owner() {
-    let server = start().await;
-    let mut ada = connect(&server, ADA, json!({"perm": "root"})).await;
+    let server = Server::start().await;
+    let mut ada = server.ws_as(ADA, json!({"perm": "root"})).await;
     let subscribed = ada
         .request(json!({"type": "subscribe", "channel": ADA_CHANNEL}))
         .await;
@@ -105,7 +83,7 @@ async fn client_publish_is_forbidden_even_for_the_owner() {
 
 #[tokio::test]
 async fn the_owner_receives_over_sse_too() {
-    let server = start().await;
+    let server = Server::start().await;
     let token = server.mint(ADA, json!({}), Duration::from_secs(3600));
     let mut sse = server
         .sse(&format!("/sse?channel={ADA_CHANNEL}&token={token}"))
@@ -123,7 +101,10 @@ async fn the_owner_receives_over_sse_too() {
 
 #[tokio::test]
 async fn anonymous_connections_are_refused() {
-    let server = start_with(Server::builder().env("STELLWERK_ALLOW_ANONYMOUS", "true")).await;
+    let server = Server::builder()
+        .env("STELLWERK_ALLOW_ANONYMOUS", "true")
+        .start()
+        .await;
     let mut ws = server.ws("/ws").await;
     let reply = ws
         .request(json!({"type": "subscribe", "channel": ADA_CHANNEL}))
