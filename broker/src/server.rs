@@ -14,7 +14,7 @@ use crate::auth::{ApiKey, AuthError, TokenVerifier};
 use crate::config::Config;
 use crate::engine::{Engine, MemoryEngine};
 use crate::hub::{Hub, HubLimits};
-use crate::plugins::{PluginError, PluginLimits, Registry};
+use crate::plugins::{LiveRegistry, PluginError, PluginLimits, Registry};
 use crate::{api, transport};
 
 /// Why the server could not start, or stopped with an error.
@@ -78,7 +78,7 @@ pub async fn run(
         .map_err(|e| std::io::Error::other(format!("plugin loader panicked: {e}")))?
         .map_err(|e: PluginError| ServeError::Plugins(with_causes(&e)))?;
     let hub = Hub::new(
-        Arc::new(registry),
+        Arc::new(LiveRegistry::new(registry)),
         HubLimits {
             queue_capacity: config.limits.queue_capacity,
             max_subscriptions: config.limits.max_subscriptions_per_connection,

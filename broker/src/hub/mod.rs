@@ -11,6 +11,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use arc_swap::ArcSwapOption;
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, Notify};
 
@@ -18,19 +19,29 @@ use crate::auth::Identity;
 use crate::channel::ChannelName;
 use crate::engine::{Engine, HistoryPolicy, Position, Publication, Sink, Stored};
 use crate::plugins::{
-    ChannelOptions, Delivery, Governor, PublishSource, PublishVerdict, Registry, SubscribeVerdict,
+    ChannelOptions, Delivery, Governor, PublishSource, LiveRegistry, PublishVerdict, SubscribeVerdict,
 };
 use crate::protocol::{self, ErrorCode, Refusal};
 
+mod subscribers;
+
+use subscribers::{unsubscribed_push, Membership, Subscribers};
+pub(crate) use subscribers::Presence;
+
 const SHARDS: usize = 64;
 
-/// One message as every subscriber of its channel receives it.
+/// One push as every subscriber of its channel receives it: a message, or
+/// an event about the channel (join, leave, a server-side unsubscribe).
 #[derive(Debug)]
 pub(crate) struct Push {
     pub(crate) channel: ChannelName,
-    pub(crate) epoch: Arc<str>,
-    pub(crate) offset: u64,
-    /// The complete `{"type":"message",…}` JSON, shared, never copied per subscriber.
+    /// The push's `type`: `message`, `join`, `leave` or `unsubscribed`
+    /// (SSE uses it as the event name).
+    pub(crate) kind: &'static str,
+    /// Where a message sits in its channel; `None` for the other kinds,
+    /// which are not kept in history and do not move a cursor.
+    pub(crate) position: Option<Position>,
+    /// The complete JSON push, shared, never copied per subscriber.
     pub(crate) frame: Utf8Bytes,
 }
 
@@ -53,17 +64,29 @@ pub(crate) struct History {
     pub(crate) messages: Vec<Stored>,
 }
 
+/// What [`Hub::reauthorize`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reauthorized {
+    /// Subscriptions the new plugin still allows.
+    pub(crate) kept: usize,
+    /// Subscriptions ended with an `unsubscribed` push.
+    pub(crate) revoked: usize,
+}
+
 /// Why the hub cut a connection off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CutOff {
     /// The outbound queue overflowed: the client does not read fast enough.
     SlowConsumer,
+    /// Stud.IP asked to disconnect the user (`POST /api/users/{user}/disconnect`).
+    Disconnected,
 }
 
 impl CutOff {
     pub(crate) fn reason(self) -> &'static str {
         match self {
             Self::SlowConsumer => "slow consumer: outbound queue overflowed",
+            Self::Disconnected => "disconnected by the server",
         }
     }
 }
@@ -79,7 +102,8 @@ pub(crate) struct HubLimits {
 #[derive(Debug)]
 pub(crate) struct Connection {
     id: u64,
-    identity: Option<Identity>,
+    /// Replaced by a WebSocket `refresh` (same user, new claims and expiry).
+    identity: ArcSwapOption<Identity>,
     queue: mpsc::Sender<Arc<Push>>,
     channels: Mutex<HashSet<ChannelName>>,
     cut_off: OnceLock<CutOff>,
@@ -91,8 +115,15 @@ impl Connection {
         self.id
     }
 
-    pub(crate) fn identity(&self) -> Option<&Identity> {
-        self.identity.as_ref()
+    /// Who is connected, as of the latest token; `None` when anonymous.
+    pub(crate) fn identity(&self) -> Option<Arc<Identity>> {
+        self.identity.load_full()
+    }
+
+    /// Puts a refreshed token's identity in force for every later
+    /// authorisation. The caller checks that it is the same user.
+    pub(crate) fn set_identity(&self, identity: Identity) {
+        self.identity.store(Some(Arc::new(identity)));
     }
 
     /// Resolves once the hub has cut this connection off, with the reason.
@@ -125,63 +156,16 @@ pub(crate) struct Hub {
     inner: Arc<Inner>,
 }
 
-/// A channel's local subscribers, and how many of them are in each audience
-/// (the plugin's `filter` is called once per message for the distinct ones).
-#[derive(Default)]
-struct Subscribers {
-    by_connection: HashMap<u64, Subscriber>,
-    audiences: HashMap<Arc<str>, usize>,
-}
-
-struct Subscriber {
-    connection: Arc<Connection>,
-    /// The audience tag the plugin gave at subscribe time; `""` for none.
-    audience: Arc<str>,
-}
-
-impl Subscribers {
-    fn insert(&mut self, connection: Arc<Connection>, audience: Arc<str>) {
-        *self.audiences.entry(audience.clone()).or_default() += 1;
-        let id = connection.id;
-        if let Some(old) = self.by_connection.insert(
-            id,
-            Subscriber {
-                connection,
-                audience,
-            },
-        ) {
-            self.forget_audience(&old.audience);
-        }
-    }
-
-    fn remove(&mut self, connection: u64) {
-        if let Some(old) = self.by_connection.remove(&connection) {
-            self.forget_audience(&old.audience);
-        }
-    }
-
-    fn forget_audience(&mut self, audience: &Arc<str>) {
-        if let Some(count) = self.audiences.get_mut(audience) {
-            *count -= 1;
-            if *count == 0 {
-                self.audiences.remove(audience);
-            }
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.by_connection.is_empty()
-    }
-}
-
 struct Inner {
     shards: Box<[Mutex<HashMap<ChannelName, Subscribers>>]>,
     hasher: RandomState,
     engine: Arc<dyn Engine>,
-    registry: Arc<Registry>,
+    registry: Arc<LiveRegistry>,
     limits: HubLimits,
     next_id: AtomicU64,
     connections: AtomicUsize,
+    /// Live connections by user id, for `POST /api/users/{user}/disconnect`.
+    users: Mutex<HashMap<Arc<str>, HashMap<u64, Weak<Connection>>>>,
     published: AtomicU64,
     deliveries: AtomicU64,
     cut_offs: AtomicU64,
@@ -216,6 +200,15 @@ impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(inner) = self.hub.upgrade() {
             inner.connections.fetch_sub(1, Ordering::Relaxed);
+            if let Some(identity) = self.connection.identity() {
+                let mut users = lock(&inner.users);
+                if let Some(connections) = users.get_mut(identity.user.as_str()) {
+                    connections.remove(&self.connection.id);
+                    if connections.is_empty() {
+                        users.remove(identity.user.as_str());
+                    }
+                }
+            }
             let channels: Vec<ChannelName> = lock(&self.connection.channels).drain().collect();
             for channel in channels {
                 inner.detach(&channel, self.connection.id);
@@ -233,7 +226,7 @@ impl std::fmt::Debug for Inner {
 impl Hub {
     /// Builds the hub and its engine; the engine gets the hub as its sink.
     pub(crate) fn new(
-        registry: Arc<Registry>,
+        registry: Arc<LiveRegistry>,
         limits: HubLimits,
         engine: impl FnOnce(Weak<dyn Sink>) -> Arc<dyn Engine>,
     ) -> Hub {
@@ -247,6 +240,7 @@ impl Hub {
                 limits,
                 next_id: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
+                users: Mutex::new(HashMap::new()),
                 published: AtomicU64::new(0),
                 deliveries: AtomicU64::new(0),
                 cut_offs: AtomicU64::new(0),
@@ -255,7 +249,7 @@ impl Hub {
         Hub { inner }
     }
 
-    pub(crate) fn registry(&self) -> &Registry {
+    pub(crate) fn registry(&self) -> &LiveRegistry {
         &self.inner.registry
     }
 
@@ -293,15 +287,22 @@ impl Hub {
         identity: Option<Identity>,
     ) -> (Registration, mpsc::Receiver<Arc<Push>>) {
         let (queue, receiver) = mpsc::channel(self.inner.limits.queue_capacity);
+        let user: Option<Arc<str>> = identity.as_ref().map(|i| Arc::from(i.user.as_str()));
         let connection = Arc::new(Connection {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
-            identity,
+            identity: ArcSwapOption::from_pointee(identity),
             queue,
             channels: Mutex::new(HashSet::new()),
             cut_off: OnceLock::new(),
             cut_off_signal: Notify::new(),
         });
         self.inner.connections.fetch_add(1, Ordering::Relaxed);
+        if let Some(user) = user {
+            lock(&self.inner.users)
+                .entry(user)
+                .or_default()
+                .insert(connection.id, Arc::downgrade(&connection));
+        }
         let registration = Registration {
             connection,
             hub: Arc::downgrade(&self.inner),
@@ -346,7 +347,14 @@ impl Hub {
             ));
         }
         let governor = self.governor(channel)?;
-        let audience = authorize(&governor, channel, connection.identity())?;
+        let identity = connection.identity();
+        let (audience, presence_info) = authorize(&governor, channel, identity.as_deref())?;
+        let membership = identity
+            .filter(|_| governor.options().presence)
+            .map(|identity| Membership {
+                user: Arc::from(identity.user.as_str()),
+                info: presence_info,
+            });
         let attach_to = connection.clone();
         let subscriber_audience = audience.clone();
         let attached = self
@@ -357,11 +365,14 @@ impl Hub {
                 recover_from,
                 history_policy(governor.options()),
                 Box::new(|_| {
-                    self.inner
-                        .shard(channel)
-                        .entry(channel.clone())
-                        .or_default()
-                        .insert(attach_to, subscriber_audience);
+                    let mut shard = self.inner.shard(channel);
+                    let subscribers = shard.entry(channel.clone()).or_default();
+                    let joiner = attach_to.id;
+                    if let Some(join) =
+                        subscribers.insert(channel, attach_to, subscriber_audience, membership)
+                    {
+                        self.inner.announce(subscribers, &join, joiner);
+                    }
                 }),
             )
             .await
@@ -403,7 +414,7 @@ impl Hub {
         since: Option<u64>,
     ) -> Result<History, Refusal> {
         let governor = self.governor(channel)?;
-        let audience = authorize(&governor, channel, connection.identity())?;
+        let (audience, _) = authorize(&governor, channel, connection.identity().as_deref())?;
         let mut history = self.read_history(&governor, channel, limit, since).await?;
         history.messages = for_audience(&governor, channel, history.messages, &audience);
         Ok(history)
@@ -495,6 +506,128 @@ impl Hub {
         Ok(positions)
     }
 
+    /// Who is subscribed to `channel`, for a client that may subscribe to it.
+    pub(crate) fn presence_for(
+        &self,
+        connection: &Connection,
+        channel: &ChannelName,
+    ) -> Result<Vec<Presence>, Refusal> {
+        let governor = self.governor(channel)?;
+        authorize(&governor, channel, connection.identity().as_deref())?;
+        self.members(&governor, channel)
+    }
+
+    /// Who is subscribed to `channel`, as Stud.IP's server sees it.
+    pub(crate) fn presence(&self, channel: &ChannelName) -> Result<Vec<Presence>, Refusal> {
+        let governor = self.governor(channel)?;
+        self.members(&governor, channel)
+    }
+
+    fn members(
+        &self,
+        governor: &Governor,
+        channel: &ChannelName,
+    ) -> Result<Vec<Presence>, Refusal> {
+        if !governor.options().presence {
+            return Err(Refusal::bad_request(format!(
+                "presence is off for `{}` channels (plugin `{}`)",
+                channel.namespace(),
+                governor.plugin_name()
+            )));
+        }
+        Ok(self
+            .inner
+            .shard(channel)
+            .get(channel)
+            .map(Subscribers::members)
+            .unwrap_or_default())
+    }
+
+    /// Channels with at least one subscriber on this node whose name starts
+    /// with `prefix`, with their subscriber (connection) counts, by name.
+    pub(crate) fn channels(&self, prefix: &str) -> Vec<(ChannelName, usize)> {
+        let mut channels = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let shard = lock(shard);
+            channels.extend(
+                shard
+                    .iter()
+                    .filter(|(name, _)| name.as_str().starts_with(prefix))
+                    .map(|(name, subscribers)| (name.clone(), subscribers.by_connection.len())),
+            );
+        }
+        channels.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        channels
+    }
+
+    /// Cuts off every connection of `user` (they close with a reason);
+    /// returns how many there were.
+    pub(crate) fn disconnect_user(&self, user: &str) -> usize {
+        let connections: Vec<Arc<Connection>> = lock(&self.inner.users)
+            .get(user)
+            .map(|c| c.values().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default();
+        for connection in &connections {
+            connection.cut(CutOff::Disconnected);
+        }
+        connections.len()
+    }
+
+    /// Checks every subscription of `namespaces` again with the plugin now
+    /// governing it (after a reload). Subscribers it denies, or all of them
+    /// where no plugin governs the namespace any more, are unsubscribed and
+    /// told why; the others get their new audience. Calls the plugins:
+    /// run it off the reactor.
+    pub(crate) fn reauthorize(&self, namespaces: &[String]) -> Reauthorized {
+        let mut outcome = Reauthorized::default();
+        let mut affected: Vec<(ChannelName, Vec<Arc<Connection>>)> = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let shard = lock(shard);
+            affected.extend(
+                shard
+                    .iter()
+                    .filter(|(name, _)| namespaces.iter().any(|n| n == name.namespace()))
+                    .map(|(name, subscribers)| {
+                        let connections = subscribers
+                            .by_connection
+                            .values()
+                            .map(|s| s.connection.clone())
+                            .collect();
+                        (name.clone(), connections)
+                    }),
+            );
+        }
+        for (channel, connections) in affected {
+            let Some(governor) = self.inner.registry.governing(channel.namespace()) else {
+                let reason = format!(
+                    "no plugin governs `{}` channels any more",
+                    channel.namespace()
+                );
+                for connection in connections {
+                    self.inner.evict(&connection, &channel, &reason);
+                    outcome.revoked += 1;
+                }
+                continue;
+            };
+            for connection in connections {
+                let identity = connection.identity();
+                match authorize(&governor, &channel, identity.as_deref()) {
+                    Ok((audience, info)) => {
+                        if let Some(subscribers) = self.inner.shard(&channel).get_mut(&channel) {
+                            subscribers.reassign(connection.id, audience, info);
+                        }
+                        outcome.kept += 1;
+                    }
+                    Err(refusal) => {
+                        self.inner.evict(&connection, &channel, &refusal.message);
+                        outcome.revoked += 1;
+                    }
+                }
+            }
+        }
+        outcome
+    }
+
     fn governor(&self, channel: &ChannelName) -> Result<Governor, Refusal> {
         self.inner
             .registry
@@ -533,14 +666,18 @@ fn history_policy(options: &ChannelOptions) -> HistoryPolicy {
     }
 }
 
-/// Asks the plugin whether `identity` may subscribe; the audience tag on yes.
+/// Asks the plugin whether `identity` may subscribe; on yes the audience
+/// tag and the presence info.
 fn authorize(
     governor: &Governor,
     channel: &ChannelName,
     identity: Option<&Identity>,
-) -> Result<Arc<str>, Refusal> {
+) -> Result<(Arc<str>, Option<serde_json::Value>), Refusal> {
     match governor.authorize_subscribe(channel, identity) {
-        SubscribeVerdict::Allow { audience, .. } => Ok(Arc::from(audience.unwrap_or_default())),
+        SubscribeVerdict::Allow {
+            audience,
+            presence_info,
+        } => Ok((Arc::from(audience.unwrap_or_default()), presence_info)),
         SubscribeVerdict::Deny { reason } => Err(Refusal::new(ErrorCode::Forbidden, reason)),
         SubscribeVerdict::Fault => Err(plugin_fault(governor)),
     }
@@ -600,10 +737,45 @@ impl Inner {
     fn detach(&self, channel: &ChannelName, connection: u64) {
         let mut shard = self.shard(channel);
         if let Some(subscribers) = shard.get_mut(channel) {
-            subscribers.remove(connection);
+            if let Some(leave) = subscribers.remove(channel, connection) {
+                self.announce(subscribers, &leave, connection);
+            }
             if subscribers.is_empty() {
                 shard.remove(channel);
             }
+        }
+    }
+
+    /// Queues a presence push for every subscriber but `except` (the
+    /// connection that joined or left). Called under the shard lock, so
+    /// join and leave of one channel reach everybody in the same order.
+    fn announce(&self, subscribers: &Subscribers, push: &Arc<Push>, except: u64) {
+        for (id, subscriber) in &subscribers.by_connection {
+            if *id != except {
+                self.offer(&subscriber.connection, push);
+            }
+        }
+    }
+
+    /// Queues `push` for `connection`; a full queue cuts it off.
+    fn offer(&self, connection: &Connection, push: &Arc<Push>) -> bool {
+        match connection.queue.try_send(push.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if connection.cut(CutOff::SlowConsumer) {
+                    self.cut_offs.fetch_add(1, Ordering::Relaxed);
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Ends a subscription from the server's side and tells the subscriber why.
+    fn evict(&self, connection: &Connection, channel: &ChannelName, reason: &str) {
+        if lock(&connection.channels).remove(channel) {
+            self.detach(channel, connection.id);
+            self.offer(connection, &unsubscribed_push(channel, reason));
         }
     }
 }
@@ -694,8 +866,11 @@ impl Push {
     fn new(publication: &Publication, data: &str) -> Push {
         Push {
             channel: publication.channel.clone(),
-            epoch: publication.epoch.clone(),
-            offset: publication.offset,
+            kind: "message",
+            position: Some(Position {
+                epoch: publication.epoch.clone(),
+                offset: publication.offset,
+            }),
             frame: Utf8Bytes::from(protocol::message_push(
                 publication.channel.as_str(),
                 &publication.epoch,

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub(crate) use host::{HookCounts, PluginStats};
-pub(crate) use registry::{Governor, Registry};
+pub(crate) use registry::{Governor, LiveRegistry, Registry};
 
 /// Sandbox limits applied to every plugin call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use super::host::{Plugin, Runtime};
 use super::{
     ChannelOptions, Delivery, PluginError, PluginLimits, PluginStats, PublishSource,
@@ -143,6 +145,49 @@ impl Registry {
                 stats: p.stats(),
             })
             .collect()
+    }
+}
+
+/// The registry in force. Reloading builds a new [`Registry`] off the hot
+/// path and swaps it in whole; a call already running keeps the
+/// [`Governor`] (and so the plugin version) it started with.
+pub(crate) struct LiveRegistry {
+    current: ArcSwap<Registry>,
+}
+
+impl fmt::Debug for LiveRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LiveRegistry")
+            .field(&*self.current.load())
+            .finish()
+    }
+}
+
+impl LiveRegistry {
+    pub(crate) fn new(registry: Registry) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(registry),
+        }
+    }
+
+    /// The registry as it is now; later swaps do not change it.
+    pub(crate) fn snapshot(&self) -> Arc<Registry> {
+        self.current.load_full()
+    }
+
+    /// Puts `registry` in force; returns the one it replaced.
+    pub(crate) fn replace(&self, registry: Registry) -> Arc<Registry> {
+        self.current.swap(Arc::new(registry))
+    }
+
+    /// See [`Registry::governing`].
+    pub(crate) fn governing(&self, namespace: &str) -> Option<Governor> {
+        self.current.load().governing(namespace)
+    }
+
+    /// See [`Registry::list`].
+    pub(crate) fn list(&self) -> Vec<PluginSummary> {
+        self.current.load().list()
     }
 }
 

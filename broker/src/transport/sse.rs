@@ -129,11 +129,11 @@ impl Live {
                 _ = live.shutdown.changed() => return None,
                 push = live.queue.recv() => push?,
             };
-            live.cursor.advance(&push);
-            let event = Event::default()
-                .event("message")
-                .id(live.cursor.encode())
-                .data(push.frame.as_str());
+            let mut event = Event::default().event(push.kind).data(push.frame.as_str());
+            if let Some(position) = &push.position {
+                live.cursor.advance(&push.channel, position);
+                event = event.id(live.cursor.encode());
+            }
             Some((Ok(event), live))
         })
     }
@@ -146,12 +146,9 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn advance(&mut self, push: &Push) {
-        if let Some(i) = self.channels.iter().position(|c| *c == push.channel) {
-            self.positions[i] = Position {
-                epoch: push.epoch.clone(),
-                offset: push.offset,
-            };
+    fn advance(&mut self, channel: &ChannelName, position: &Position) {
+        if let Some(i) = self.channels.iter().position(|c| c == channel) {
+            self.positions[i] = position.clone();
         }
     }
 

@@ -25,6 +25,7 @@ mod close_code {
     pub(super) const GOING_AWAY: u16 = 1001;
     pub(super) const TOO_BIG: u16 = 1009;
     pub(super) const UNAUTHORIZED: u16 = 4001;
+    pub(super) const DISCONNECTED: u16 = 4003;
     pub(super) const NO_PONG: u16 = 4002;
     pub(super) const SLOW_CONSUMER: u16 = 4008;
 }
@@ -116,9 +117,12 @@ impl Session {
             tokio::select! {
                 biased;
                 reason = &mut cut_off => {
-                    let CutOff::SlowConsumer = reason;
+                    let code = match reason {
+                        CutOff::SlowConsumer => close_code::SLOW_CONSUMER,
+                        CutOff::Disconnected => close_code::DISCONNECTED,
+                    };
                     tracing::info!(connection = registration.id(), "cut off: {}", reason.reason());
-                    self.close(close_code::SLOW_CONSUMER, reason.reason()).await;
+                    self.close(code, reason.reason()).await;
                     return;
                 }
                 _ = &mut shutting_down => {
@@ -355,7 +359,7 @@ impl Session {
                 std::slice::from_ref(&channel),
                 data,
                 PublishSource::Client,
-                registration.identity(),
+                registration.identity().as_deref(),
             )
             .await?;
         let position = &positions[0];
@@ -370,7 +374,8 @@ impl Session {
     }
 
     fn connected_reply(&self, id: u64, registration: &Registration) -> String {
-        let user = registration.identity().map_or("", |i| i.user.as_str());
+        let identity = registration.identity();
+        let user = identity.as_ref().map_or("", |i| i.user.as_str());
         json!({
             "id": id,
             "type": "connected",

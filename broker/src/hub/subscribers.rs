@@ -1,0 +1,184 @@
+//! One channel's local subscribers: who gets its pushes, how many of them are
+//! in each audience (the plugin's `filter` runs once per distinct audience),
+//! and, where the plugin turned presence on, which users are here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Connection, Push};
+use crate::channel::ChannelName;
+
+#[derive(Default)]
+pub(super) struct Subscribers {
+    pub(super) by_connection: HashMap<u64, Subscriber>,
+    pub(super) audiences: HashMap<Arc<str>, usize>,
+    /// By user id. A user with several connections on the channel is one
+    /// member; the info is the one given for the first of them.
+    members: HashMap<Arc<str>, Member>,
+}
+
+pub(super) struct Subscriber {
+    pub(super) connection: Arc<Connection>,
+    /// The audience tag the plugin gave at subscribe time; `""` for none.
+    pub(super) audience: Arc<str>,
+    /// The user this subscription counts for in presence; `None` where
+    /// presence is off or the connection is anonymous.
+    member: Option<Arc<str>>,
+}
+
+struct Member {
+    connections: usize,
+    info: Arc<serde_json::Value>,
+}
+
+/// One entry of a presence listing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Presence {
+    pub(crate) user: Arc<str>,
+    /// What the plugin returned at subscribe time; `{}` when nothing.
+    pub(crate) info: Arc<serde_json::Value>,
+}
+
+/// How a subscription counts in presence.
+pub(super) struct Membership {
+    pub(super) user: Arc<str>,
+    pub(super) info: Option<serde_json::Value>,
+}
+
+impl Subscribers {
+    /// Adds (or replaces) `connection`'s subscription. Returns the `join`
+    /// push the other subscribers get when this makes a new member.
+    pub(super) fn insert(
+        &mut self,
+        channel: &ChannelName,
+        connection: Arc<Connection>,
+        audience: Arc<str>,
+        membership: Option<Membership>,
+    ) -> Option<Arc<Push>> {
+        let id = connection.id();
+        let mut leave = None;
+        if self.by_connection.contains_key(&id) {
+            leave = self.remove(channel, id);
+        }
+        *self.audiences.entry(audience.clone()).or_default() += 1;
+        let mut join = None;
+        let member = membership.map(|Membership { user, info }| {
+            let member = self.members.entry(user.clone()).or_insert_with(|| {
+                let info = Arc::new(info.unwrap_or_else(|| json!({})));
+                join = Some(presence_push("join", channel, &user, &info));
+                Member {
+                    connections: 0,
+                    info,
+                }
+            });
+            member.connections += 1;
+            user
+        });
+        self.by_connection.insert(
+            id,
+            Subscriber {
+                connection,
+                audience,
+                member,
+            },
+        );
+        // A replaced subscription of the same user leaves nothing to announce.
+        match (leave, join) {
+            (Some(_), Some(_)) | (None, None) => None,
+            (leave, join) => join.or(leave),
+        }
+    }
+
+    /// Ends `connection`'s subscription. Returns the `leave` push for the
+    /// remaining subscribers when its user has no other connection here.
+    pub(super) fn remove(&mut self, channel: &ChannelName, connection: u64) -> Option<Arc<Push>> {
+        let old = self.by_connection.remove(&connection)?;
+        self.forget_audience(&old.audience);
+        let user = old.member?;
+        let member = self.members.get_mut(&user)?;
+        member.connections -= 1;
+        if member.connections > 0 {
+            return None;
+        }
+        let member = self.members.remove(&user)?;
+        Some(presence_push("leave", channel, &user, &member.info))
+    }
+
+    /// Changes the audience of a subscription (after a plugin reload); the
+    /// member's info is replaced too, without a push.
+    pub(super) fn reassign(
+        &mut self,
+        connection: u64,
+        audience: Arc<str>,
+        info: Option<serde_json::Value>,
+    ) {
+        let Some(subscriber) = self.by_connection.get_mut(&connection) else {
+            return;
+        };
+        let old = std::mem::replace(&mut subscriber.audience, audience.clone());
+        let member = subscriber.member.clone();
+        *self.audiences.entry(audience).or_default() += 1;
+        self.forget_audience(&old);
+        if let (Some(user), Some(info)) = (member, info) {
+            if let Some(member) = self.members.get_mut(&user) {
+                member.info = Arc::new(info);
+            }
+        }
+    }
+
+    fn forget_audience(&mut self, audience: &Arc<str>) {
+        if let Some(count) = self.audiences.get_mut(audience) {
+            *count -= 1;
+            if *count == 0 {
+                self.audiences.remove(audience);
+            }
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_connection.is_empty()
+    }
+
+    /// Members sorted by user id.
+    pub(super) fn members(&self) -> Vec<Presence> {
+        let mut members: Vec<Presence> = self
+            .members
+            .iter()
+            .map(|(user, member)| Presence {
+                user: user.clone(),
+                info: member.info.clone(),
+            })
+            .collect();
+        members.sort_by(|a, b| a.user.cmp(&b.user));
+        members
+    }
+}
+
+fn presence_push(
+    kind: &'static str,
+    channel: &ChannelName,
+    user: &str,
+    info: &serde_json::Value,
+) -> Arc<Push> {
+    let frame = json!({"type": kind, "channel": channel.as_str(), "user": user, "info": info});
+    Arc::new(Push {
+        channel: channel.clone(),
+        kind,
+        position: None,
+        frame: frame.to_string().into(),
+    })
+}
+
+/// The push telling a subscriber the server ended its subscription.
+pub(super) fn unsubscribed_push(channel: &ChannelName, reason: &str) -> Arc<Push> {
+    let frame = json!({"type": "unsubscribed", "channel": channel.as_str(), "reason": reason});
+    Arc::new(Push {
+        channel: channel.clone(),
+        kind: "unsubscribed",
+        position: None,
+        frame: frame.to_string().into(),
+    })
+}
