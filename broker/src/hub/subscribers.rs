@@ -182,3 +182,101 @@ pub(super) fn unsubscribed_push(channel: &ChannelName, reason: &str) -> Arc<Push
         frame: frame.to_string().into(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+
+    use tokio::sync::{mpsc, Notify};
+
+    use super::*;
+
+    fn channel() -> ChannelName {
+        ChannelName::parse("course:abc").unwrap()
+    }
+
+    fn connection(id: u64) -> Arc<Connection> {
+        let (queue, _receiver) = mpsc::channel(1);
+        Arc::new(Connection {
+            id,
+            identity: Default::default(),
+            queue,
+            channels: Mutex::new(HashSet::new()),
+            cut_off: OnceLock::new(),
+            cut_off_signal: Notify::new(),
+        })
+    }
+
+    fn member(user: &str, name: &str) -> Option<Membership> {
+        Some(Membership {
+            user: Arc::from(user),
+            info: Some(json!({ "name": name })),
+        })
+    }
+
+    fn parsed(push: Option<Arc<Push>>) -> Option<serde_json::Value> {
+        push.map(|p| serde_json::from_str(p.frame.as_str()).unwrap())
+    }
+
+    #[test]
+    fn a_user_joins_once_and_leaves_with_the_last_connection() {
+        let (c, mut subscribers) = (channel(), Subscribers::default());
+        let join = subscribers.insert(&c, connection(1), Arc::from(""), member("ann", "Ann"));
+        assert_eq!(
+            parsed(join),
+            Some(json!({"type": "join", "channel": "course:abc", "user": "ann", "info": {"name": "Ann"}}))
+        );
+        assert!(subscribers
+            .insert(&c, connection(2), Arc::from(""), member("ann", "Ann again"))
+            .is_none());
+        assert_eq!(subscribers.members().len(), 1);
+        assert_eq!(*subscribers.members()[0].info, json!({"name": "Ann"}));
+
+        assert!(subscribers.remove(&c, 1).is_none(), "ann is still here");
+        let leave = parsed(subscribers.remove(&c, 2)).expect("last connection leaves");
+        assert_eq!(leave["type"], "leave");
+        assert_eq!(leave["user"], "ann");
+        assert!(subscribers.members().is_empty());
+        assert!(subscribers.is_empty());
+    }
+
+    #[test]
+    fn subscribers_without_membership_are_not_members() {
+        let (c, mut subscribers) = (channel(), Subscribers::default());
+        assert!(subscribers
+            .insert(&c, connection(1), Arc::from(""), None)
+            .is_none());
+        assert!(subscribers.members().is_empty());
+        assert!(subscribers.remove(&c, 1).is_none());
+    }
+
+    #[test]
+    fn members_are_sorted_and_info_defaults_to_an_empty_object() {
+        let (c, mut subscribers) = (channel(), Subscribers::default());
+        for (id, user) in [(1, "zoe"), (2, "bob"), (3, "max")] {
+            let membership = Membership {
+                user: Arc::from(user),
+                info: None,
+            };
+            subscribers.insert(&c, connection(id), Arc::from(""), Some(membership));
+        }
+        let members = subscribers.members();
+        let users: Vec<&str> = members.iter().map(|m| &*m.user).collect();
+        assert_eq!(users, ["bob", "max", "zoe"]);
+        assert_eq!(*members[0].info, json!({}));
+    }
+
+    #[test]
+    fn reassigning_moves_the_audience_count() {
+        let (c, mut subscribers) = (channel(), Subscribers::default());
+        subscribers.insert(&c, connection(1), Arc::from("a"), member("ann", "Ann"));
+        subscribers.insert(&c, connection(2), Arc::from("a"), member("bob", "Bob"));
+        subscribers.reassign(1, Arc::from("b"), Some(json!({"name": "Ann B."})));
+        assert_eq!(subscribers.audiences.get("a"), Some(&1));
+        assert_eq!(subscribers.audiences.get("b"), Some(&1));
+        assert_eq!(*subscribers.members()[0].info, json!({"name": "Ann B."}));
+        subscribers.remove(&c, 2);
+        assert_eq!(subscribers.audiences.get("a"), None);
+    }
+}
