@@ -19,14 +19,15 @@ use crate::auth::Identity;
 use crate::channel::ChannelName;
 use crate::engine::{Engine, HistoryPolicy, Position, Publication, Sink, Stored};
 use crate::plugins::{
-    ChannelOptions, Delivery, Governor, PublishSource, LiveRegistry, PublishVerdict, SubscribeVerdict,
+    ChannelOptions, Delivery, Governor, LiveRegistry, PublishSource, PublishVerdict,
+    SubscribeVerdict,
 };
 use crate::protocol::{self, ErrorCode, Refusal};
 
 mod subscribers;
 
-use subscribers::{unsubscribed_push, Membership, Subscribers};
 pub(crate) use subscribers::Presence;
+use subscribers::{unsubscribed_push, Membership, Subscribers};
 
 const SHARDS: usize = 64;
 

@@ -225,7 +225,9 @@ mod tests {
         let join = subscribers.insert(&c, connection(1), Arc::from(""), member("ann", "Ann"));
         assert_eq!(
             parsed(join),
-            Some(json!({"type": "join", "channel": "course:abc", "user": "ann", "info": {"name": "Ann"}}))
+            Some(
+                json!({"type": "join", "channel": "course:abc", "user": "ann", "info": {"name": "Ann"}})
+            )
         );
         assert!(subscribers
             .insert(&c, connection(2), Arc::from(""), member("ann", "Ann again"))
