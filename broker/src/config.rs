@@ -137,6 +137,10 @@ pub struct SseConfig {
 pub struct EngineConfig {
     /// The engine kind.
     pub kind: EngineKind,
+    /// Cap on the messages kept per channel, whatever the plugin asks for.
+    pub max_history_size: u32,
+    /// Cap on how long a message is kept, whatever the plugin asks for.
+    pub max_history_age_seconds: u64,
 }
 
 /// The engine implementations.
@@ -232,6 +236,8 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             kind: EngineKind::Memory,
+            max_history_size: 10_000,
+            max_history_age_seconds: 7 * 24 * 3600,
         }
     }
 }

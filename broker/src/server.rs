@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::auth::{ApiKey, AuthError, TokenVerifier};
 use crate::config::Config;
-use crate::engine::{Engine, MemoryEngine};
+use crate::engine::{Engine, HistoryPolicy, MemoryEngine};
 use crate::hub::{Hub, HubLimits};
 use crate::plugins::{LiveRegistry, PluginError, PluginLimits, Registry};
 use crate::{api, transport};
@@ -42,6 +42,8 @@ pub(crate) struct AppState {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Random per process, so that client ids are unique across restarts and nodes.
     node: Arc<str>,
+    /// When the server started serving, for `uptime_seconds` in `GET /api/info`.
+    pub(crate) started: std::time::Instant,
 }
 
 impl AppState {
@@ -82,6 +84,10 @@ pub async fn run(
         HubLimits {
             queue_capacity: config.limits.queue_capacity,
             max_subscriptions: config.limits.max_subscriptions_per_connection,
+            max_history: HistoryPolicy {
+                size: config.engine.max_history_size as usize,
+                ttl: Duration::from_secs(config.engine.max_history_age_seconds),
+            },
         },
         |sink| -> Arc<dyn Engine> { Arc::new(MemoryEngine::new(sink)) },
     );
@@ -93,12 +99,17 @@ pub async fn run(
         api_key: Arc::new(ApiKey::new(api_key)),
         shutdown: stopped,
         node: Arc::from(format!("{:08x}", rand::random::<u32>())),
+        started: std::time::Instant::now(),
     };
     let router = Router::new()
         .route("/ws", get(transport::ws::upgrade))
         .route("/sse", get(transport::sse::stream))
         .route("/api/publish", post(api::publish))
+        .route("/api/channels", get(api::channels))
+        .route("/api/channels/{channel}/presence", get(api::presence))
         .route("/api/channels/{channel}/history", get(api::history))
+        .route("/api/users/{user}/disconnect", post(api::disconnect))
+        .route("/api/info", get(api::info))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))

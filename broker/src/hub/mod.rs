@@ -19,8 +19,7 @@ use crate::auth::Identity;
 use crate::channel::ChannelName;
 use crate::engine::{Engine, HistoryPolicy, Position, Publication, Sink, Stored};
 use crate::plugins::{
-    ChannelOptions, Delivery, Governor, LiveRegistry, PublishSource, PublishVerdict,
-    SubscribeVerdict,
+    Delivery, Governor, LiveRegistry, PublishSource, PublishVerdict, SubscribeVerdict,
 };
 use crate::protocol::{self, ErrorCode, Refusal};
 
@@ -97,6 +96,8 @@ impl CutOff {
 pub(crate) struct HubLimits {
     pub(crate) queue_capacity: usize,
     pub(crate) max_subscriptions: usize,
+    /// The most history any channel keeps, whatever its plugin asks for.
+    pub(crate) max_history: HistoryPolicy,
 }
 
 /// A subscriber as the hub sees it (a WebSocket or an SSE stream).
@@ -364,7 +365,7 @@ impl Hub {
             .attach(
                 channel,
                 recover_from,
-                history_policy(governor.options()),
+                self.inner.history_policy(&governor),
                 Box::new(|_| {
                     let mut shard = self.inner.shard(channel);
                     let subscribers = shard.entry(channel.clone()).or_default();
@@ -440,7 +441,7 @@ impl Hub {
         limit: Option<u64>,
         since: Option<u64>,
     ) -> Result<History, Refusal> {
-        let policy = history_policy(governor.options());
+        let policy = self.inner.history_policy(governor);
         let limit = limit.map_or(policy.size, |l| {
             usize::try_from(l).unwrap_or(usize::MAX).min(policy.size)
         });
@@ -491,7 +492,7 @@ impl Hub {
                 }
                 PublishVerdict::Fault => return Err(plugin_fault(&governor)),
             };
-            approved.push((channel, data, history_policy(governor.options())));
+            approved.push((channel, data, self.inner.history_policy(&governor)));
         }
         let mut positions = Vec::with_capacity(approved.len());
         for (channel, data, history) in approved {
@@ -660,13 +661,6 @@ fn single_line(json: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn history_policy(options: &ChannelOptions) -> HistoryPolicy {
-    HistoryPolicy {
-        size: options.history_size as usize,
-        ttl: options.history_ttl,
-    }
-}
-
 /// Asks the plugin whether `identity` may subscribe; on yes the audience
 /// tag and the presence info.
 fn authorize(
@@ -733,6 +727,16 @@ impl Inner {
     ) -> std::sync::MutexGuard<'_, HashMap<ChannelName, Subscribers>> {
         let i = self.hasher.hash_one(channel) as usize % self.shards.len();
         lock(&self.shards[i])
+    }
+
+    /// What the governing plugin asks to keep, within the configured caps.
+    fn history_policy(&self, governor: &Governor) -> HistoryPolicy {
+        let options = governor.options();
+        let max = &self.limits.max_history;
+        HistoryPolicy {
+            size: (options.history_size as usize).min(max.size),
+            ttl: options.history_ttl.min(max.ttl),
+        }
     }
 
     fn detach(&self, channel: &ChannelName, connection: u64) {
