@@ -8,7 +8,7 @@
 //! - `payload`: the timestamped benchmark message and latency percentiles.
 //! - `clients`: both brokers behind one face (subscribe, publish, read deliveries).
 //! - `fanout`, `idle`: the scenarios; `plugin_cost`: `plugin-cost` and `filter`, built on
-//!   the fan-out run.
+//!   the fan-out run; `reconnect`: `reconnect-storm` (recovery under load, Stellwerk only).
 
 mod clients;
 mod fanout;
@@ -17,6 +17,7 @@ mod nats;
 mod payload;
 mod plugin_cost;
 mod procfs;
+mod reconnect;
 mod servers;
 mod stellwerk;
 mod wsclient;
@@ -56,6 +57,40 @@ enum Scenario {
     /// Stellwerk only: the `filter` hook with 10,000 subscribers in G audiences (the
     /// `audiences` test plugin): server CPU microseconds per message for each G.
     Filter(FilterArgs),
+    /// Stellwerk only: N subscribers drop and reconnect with `recover` within `--spread`
+    /// while publishing goes on: time until all recovered, messages lost (must be 0),
+    /// server peak RSS.
+    ReconnectStorm(ReconnectStormArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReconnectStormArgs {
+    /// Subscribers on the channel; each drops and reconnects once.
+    #[arg(long, default_value_t = 5000)]
+    clients: usize,
+    /// Publish rate for the whole run, messages per second. With `public:bench` (history
+    /// 100) a client must be back within 100 / rate seconds to recover.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Seconds of publishing with everyone connected before the storm.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Every client drops and reconnects within this many seconds.
+    #[arg(long, default_value_t = 1.0)]
+    spread: f64,
+    /// Seconds of publishing after the last client dropped.
+    #[arg(long, default_value_t = 3.0)]
+    after: f64,
+    /// Stellwerk's opt-in batching (`?batch=1`).
+    #[arg(long)]
+    batch: bool,
+    /// WebSocket handshakes in flight at once while opening (not during the storm, where
+    /// every client reconnects as soon as it dropped).
+    #[arg(long, default_value_t = 100)]
+    connect_concurrency: usize,
+    /// Read buffer per client connection, bytes.
+    #[arg(long, default_value_t = 4 * 1024)]
+    read_buffer: usize,
 }
 
 #[derive(Debug, Args)]
@@ -323,6 +358,7 @@ async fn run(cli: Cli, fd_limit: u64) -> Result<()> {
             };
             plugin_cost::run_filter(&setup, &a.test_plugins_dir, &base, &a.groups).await
         }
+        Scenario::ReconnectStorm(a) => run_reconnect_storm(a, c, &setup, fd_limit, timeout).await,
     };
     if let Some(out) = &c.out {
         let mut line = report;
@@ -621,5 +657,67 @@ async fn run_idle(
         "results": outcomes,
         "failures": failures,
         "ratios": {"kib_per_connection": ratio},
+    })
+}
+
+async fn run_reconnect_storm(
+    a: &ReconnectStormArgs,
+    c: &Common,
+    setup: &ServerSetup,
+    fd_limit: u64,
+    timeout: Duration,
+) -> serde_json::Value {
+    if fd_limit < a.clients as u64 + 1000 {
+        eprintln!(
+            "warning: fd limit {fd_limit} is below {} clients + 1000; run `ulimit -n 65536` first",
+            a.clients
+        );
+    }
+    let params = reconnect::Params {
+        clients: a.clients,
+        channel: c.channel.clone(),
+        rate: a.rate,
+        warmup: Duration::from_secs_f64(a.warmup),
+        spread: Duration::from_secs_f64(a.spread),
+        after: Duration::from_secs_f64(a.after),
+        connect_concurrency: a.connect_concurrency,
+        read_buffer: a.read_buffer,
+        batch: a.batch,
+        queue_capacity: 1024,
+        timeout,
+    };
+    eprintln!("running reconnect-storm stellwerk …");
+    let bounded = tokio::time::timeout(
+        timeout + Duration::from_secs(60),
+        reconnect::run(setup, &params),
+    );
+    let (results, failures) = match bounded.await {
+        Ok(Ok(outcome)) => {
+            reconnect::print(&outcome);
+            (vec![outcome], vec![])
+        }
+        Ok(Err(e)) => {
+            eprintln!("reconnect-storm failed: {e:#}");
+            (
+                vec![],
+                vec![json!({"run": "reconnect-storm", "error": format!("{e:#}")})],
+            )
+        }
+        Err(_) => {
+            eprintln!("reconnect-storm aborted: no result within the timeout");
+            (
+                vec![],
+                vec![json!({"run": "reconnect-storm", "error": "aborted by timeout"})],
+            )
+        }
+    };
+    json!({
+        "scenario": "reconnect-storm",
+        "params": {
+            "clients": a.clients, "rate": a.rate, "warmup_s": a.warmup, "spread_s": a.spread,
+            "after_s": a.after, "batch": a.batch, "channel": c.channel, "timeout_s": c.timeout,
+        },
+        "results": results,
+        "failures": failures,
     })
 }

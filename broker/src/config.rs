@@ -49,6 +49,9 @@ pub struct Config {
     pub api_key: Option<String>,
     /// The operators' token for `/admin/*`; `None` disables the admin API.
     pub admin_token: Option<String>,
+    /// Own address for the admin API and `/metrics` (`/metrics` open there); `None`: both
+    /// on the public listener, `/metrics` behind the admin token.
+    pub admin_listen: Option<SocketAddr>,
     /// Whether connections without a token are accepted (as user `""`).
     pub allow_anonymous: bool,
     /// `[jwt]`: how client tokens are verified.
@@ -89,6 +92,10 @@ pub struct PluginsConfig {
     pub memory_limit_bytes: u64,
     /// Cap on the bytes a plugin may return from one call.
     pub max_output_bytes: u64,
+    /// Reload plugins when their files in `dir` change.
+    pub watch: bool,
+    /// Largest `.wasm` accepted by `PUT /admin/plugins/{name}` (HTTP 413 above).
+    pub max_upload_bytes: u64,
 }
 
 /// `[limits]`: what one client may cost.
@@ -168,6 +175,7 @@ impl Default for Config {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             api_key: None,
             admin_token: None,
+            admin_listen: None,
             allow_anonymous: false,
             jwt: JwtConfig::default(),
             plugins: PluginsConfig::default(),
@@ -196,6 +204,8 @@ impl Default for PluginsConfig {
             call_timeout_ms: 100,
             memory_limit_bytes: 64 * 1024 * 1024,
             max_output_bytes: 2 * 1024 * 1024,
+            watch: true,
+            max_upload_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -262,6 +272,7 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("api_key", &Redacted(&self.api_key))
             .field("admin_token", &Redacted(&self.admin_token))
+            .field("admin_listen", &self.admin_listen)
             .field("allow_anonymous", &self.allow_anonymous)
             .field("jwt", &self.jwt)
             .field("plugins", &self.plugins)

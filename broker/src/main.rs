@@ -40,12 +40,67 @@ enum Command {
         #[arg(long, env = "STELLWERK_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// List, reload, upload or remove plugins of a running broker (through its admin API).
+    Plugins {
+        #[command(flatten)]
+        target: AdminTarget,
+        #[command(subcommand)]
+        action: PluginsAction,
+    },
+}
+
+/// Which broker the `plugins` commands talk to. Without `--url` and `--token` they come from
+/// the broker's own config (`admin_listen` or `listen`, and `admin_token`), so that on the
+/// broker's host, with its config and environment, no option is needed.
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// Base URL of the admin API, e.g. http://127.0.0.1:8081.
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// The admin token (never the API key).
+    #[arg(
+        long,
+        global = true,
+        env = "STELLWERK_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Print the admin API's JSON answer instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The broker's config file, for the defaults of --url and --token.
+    #[arg(long, global = true, env = "STELLWERK_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum PluginsAction {
+    /// What runs: state, version, namespaces, counters, last error.
+    List,
+    /// Load what is on disk again: one plugin, or (without a name) every plugin file.
+    Reload { name: Option<String> },
+    /// Check a .wasm and, if it passes, write it into the plugin directory and swap it in.
+    Upload {
+        file: PathBuf,
+        /// The plugin's name (default: the file name without .wasm).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Delete the plugin's file and unload it; its subscribers are unsubscribed.
+    Remove { name: String },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config.as_deref()),
+        Command::Plugins { target, action } => match plugins(&target, &action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("stellwerk: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Token {
             sub,
             claims,
@@ -141,6 +196,177 @@ fn token(file: Option<&Path>, sub: &str, claims: &str, ttl: u64) -> anyhow::Resu
         claims,
         Duration::from_secs(ttl),
     ))
+}
+
+/// `stellwerk plugins …`: one admin API call, its answer printed.
+fn plugins(target: &AdminTarget, action: &PluginsAction) -> anyhow::Result<()> {
+    let (url, token) = admin_endpoint(target)?;
+    let (method, path, body) = match action {
+        PluginsAction::List => (reqwest::Method::GET, "/admin/plugins".to_owned(), None),
+        PluginsAction::Reload { name: None } => (
+            reqwest::Method::POST,
+            "/admin/plugins/reload".to_owned(),
+            None,
+        ),
+        PluginsAction::Reload { name: Some(name) } => (
+            reqwest::Method::POST,
+            format!("/admin/plugins/{name}/reload"),
+            None,
+        ),
+        PluginsAction::Upload { file, name } => {
+            let name = match name {
+                Some(name) => name.clone(),
+                None => file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .context("cannot tell the plugin's name from the file name; pass --name")?
+                    .to_owned(),
+            };
+            let bytes =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            (
+                reqwest::Method::PUT,
+                format!("/admin/plugins/{name}"),
+                Some(bytes),
+            )
+        }
+        PluginsAction::Remove { name } => (
+            reqwest::Method::DELETE,
+            format!("/admin/plugins/{name}"),
+            None,
+        ),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let (status, answer) = runtime.block_on(async {
+        let mut request = reqwest::Client::new()
+            .request(method.clone(), format!("{url}{path}"))
+            .bearer_auth(&token)
+            .timeout(Duration::from_secs(120));
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}{path}"))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        anyhow::Ok((status, text))
+    })?;
+    let answer: serde_json::Value = serde_json::from_str(&answer)
+        .unwrap_or_else(|_| serde_json::json!({"error": {"code": "", "message": answer}}));
+    if !status.is_success() {
+        let error = &answer["error"];
+        anyhow::bail!(
+            "{method} {path}: {status}: {}",
+            error["message"].as_str().unwrap_or_default()
+        );
+    }
+    if target.json {
+        println!("{answer:#}");
+        return Ok(());
+    }
+    match action {
+        PluginsAction::List => print_plugins(&answer["plugins"]),
+        PluginsAction::Reload { name: None } => {
+            for result in answer["results"].as_array().into_iter().flatten() {
+                print_change(result);
+            }
+        }
+        _ => print_change(&answer),
+    }
+    Ok(())
+}
+
+/// `--url`/`--token`, or what the broker's config says.
+fn admin_endpoint(target: &AdminTarget) -> anyhow::Result<(String, String)> {
+    let config =
+        if target.url.is_none() || target.token.is_none() {
+            Some(load_config(target.config.as_deref()).context(
+                "no --url/--token given and the broker's config cannot be read for them",
+            )?)
+        } else {
+            None
+        };
+    let url = match (&target.url, &config) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(config)) => {
+            let mut addr = config.admin_listen.unwrap_or(config.listen);
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        }
+        (None, None) => unreachable!("config is loaded when --url is missing"),
+    };
+    let token = match (&target.token, &config) {
+        (Some(token), _) => token.clone(),
+        (None, Some(config)) => config.admin_token.clone().context(
+            "no admin token: pass --token or set STELLWERK_ADMIN_TOKEN (the broker's admin_token)",
+        )?,
+        (None, None) => unreachable!("config is loaded when --token is missing"),
+    };
+    Ok((url, token))
+}
+
+fn print_plugins(plugins: &serde_json::Value) {
+    println!(
+        "{:<16} {:<7} {:<12} {:<20} {:>9} {:>6} {:>9}  SHA256",
+        "NAME", "STATE", "VERSION", "NAMESPACES", "CALLS", "FAULTS", "P99 MS"
+    );
+    for p in plugins.as_array().into_iter().flatten() {
+        let text = |key: &str| p[key].as_str().unwrap_or("-").to_owned();
+        let namespaces = p["namespaces"]
+            .as_array()
+            .map(|n| {
+                n.iter()
+                    .filter_map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "-".to_owned());
+        let p99 = p["latency_p99_ms"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.3}"));
+        let sha = text("sha256");
+        println!(
+            "{:<16} {:<7} {:<12} {:<20} {:>9} {:>6} {:>9}  {}",
+            text("name"),
+            text("state"),
+            text("version"),
+            namespaces,
+            p["calls"],
+            p["faults"],
+            p99,
+            &sha[..sha.len().min(12)],
+        );
+        if let Some(error) = p["last_error"].as_str() {
+            println!("  last error: {error}");
+        }
+    }
+}
+
+fn print_change(change: &serde_json::Value) {
+    let name = change["name"].as_str().unwrap_or("?");
+    let outcome = change["outcome"].as_str().unwrap_or("?");
+    let mut line = format!("{name}: {outcome}");
+    if let Some(version) = change["plugin"]["version"].as_str() {
+        line.push_str(&format!(" {version}"));
+    }
+    if let Some(r) = change.get("reauthorized") {
+        line.push_str(&format!(
+            " (subscriptions kept {}, revoked {})",
+            r["kept"], r["revoked"]
+        ));
+    }
+    if let Some(error) = change["error"].as_str() {
+        line.push_str(&format!(": {error}"));
+    }
+    println!("{line}");
 }
 
 fn init_logging() {

@@ -88,6 +88,13 @@ pub(crate) enum CommandKind {
         limit: Option<u64>,
         since: Option<u64>,
     },
+    Presence {
+        channel: String,
+    },
+    /// A new token for the same user, replacing the connection's identity.
+    Refresh {
+        token: String,
+    },
     Ping,
 }
 
@@ -201,6 +208,12 @@ impl Command {
                 channel: channel(raw.channel)?,
                 data: raw.data.ok_or_else(|| refuse("`data` is missing"))?,
             },
+            Some("presence") => CommandKind::Presence {
+                channel: channel(raw.channel)?,
+            },
+            Some("refresh") => CommandKind::Refresh {
+                token: string(raw.token, "token")?.ok_or_else(|| refuse("`token` is missing"))?,
+            },
             Some("ping") => CommandKind::Ping,
             Some(other) => return Err(refuse(&format!("unknown command type `{other}`"))),
             None => return Err(refuse("`type` is missing")),
@@ -297,6 +310,10 @@ mod tests {
                 ..
             }
         ));
+        let c = Command::parse(r#"{"id":5,"type":"presence","channel":"course:x"}"#).unwrap();
+        assert!(matches!(c.kind, CommandKind::Presence { channel } if channel == "course:x"));
+        let c = Command::parse(r#"{"id":7,"type":"refresh","token":"t2"}"#).unwrap();
+        assert!(matches!(c.kind, CommandKind::Refresh { token } if token == "t2"));
         let c = Command::parse(r#"{"id":4,"type":"publish","channel":"c:x","data":{"a":[1,2]}}"#)
             .unwrap();
         match c.kind {
@@ -336,6 +353,12 @@ mod tests {
             Command::parse(r#"{"id":13,"type":"history","channel":"a:b","limit":-1}"#).unwrap_err();
         assert_eq!(e.id, Some(13));
         assert!(e.refusal.message.contains("limit"));
+        let e = Command::parse(r#"{"id":14,"type":"refresh"}"#).unwrap_err();
+        assert_eq!(e.id, Some(14));
+        assert!(e.refusal.message.contains("token"));
+        let e = Command::parse(r#"{"id":15,"type":"presence"}"#).unwrap_err();
+        assert_eq!(e.id, Some(15));
+        assert!(e.refusal.message.contains("channel"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -14,7 +14,7 @@ use crate::auth::{ApiKey, AuthError, TokenVerifier};
 use crate::config::Config;
 use crate::engine::{Engine, HistoryPolicy, MemoryEngine};
 use crate::hub::{Hub, HubLimits};
-use crate::plugins::{LiveRegistry, PluginError, PluginLimits, Registry};
+use crate::plugins::{LiveRegistry, PluginError, PluginLimits, Registry, Reloader};
 use crate::{api, transport};
 
 /// Why the server could not start, or stopped with an error.
@@ -38,6 +38,8 @@ pub(crate) struct AppState {
     pub(crate) config: Arc<Config>,
     pub(crate) verifier: Arc<TokenVerifier>,
     pub(crate) api_key: Arc<ApiKey>,
+    /// Hot reload of the plugins (the watcher and `/admin/plugins`).
+    pub(crate) plugins: Reloader,
     /// Flips to `true` once shutdown begins; sessions close with 1001.
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Random per process, so that client ids are unique across restarts and nodes.
@@ -91,8 +93,27 @@ pub async fn run(
         },
         |sink| -> Arc<dyn Engine> { Arc::new(MemoryEngine::new(sink)) },
     );
+    let plugins = Reloader::new(config.plugins.dir.clone(), limits, hub.clone());
+    // Held until the server stops: dropping it ends the watch.
+    let _watcher = if config.plugins.watch {
+        crate::plugins::watch(plugins.clone())
+            .map_err(|e| {
+                tracing::warn!(
+                    dir = %config.plugins.dir.display(),
+                    "cannot watch the plugin directory, reload with POST /admin/plugins/reload: {e}"
+                );
+            })
+            .ok()
+    } else {
+        None
+    };
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
     let (stop, stopped) = watch::channel(false);
     let app = AppState {
+        plugins,
         hub: hub.clone(),
         config: Arc::new(config),
         verifier: Arc::new(verifier),
@@ -111,19 +132,66 @@ pub async fn run(
         .route("/api/users/{user}/disconnect", post(api::disconnect))
         .route("/api/info", get(api::info))
         .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
-        .route("/metrics", get(api::metrics))
-        .with_state(app);
+        .route("/readyz", get(api::readyz));
+    // The admin API and `/metrics` live on the admin listener if there is one.
+    let admin = Router::new()
+        .route("/admin/plugins", get(api::admin::list))
+        .route("/admin/plugins/reload", post(api::admin::reload_all))
+        .route("/admin/plugins/{name}/reload", post(api::admin::reload))
+        .route(
+            "/admin/plugins/{name}",
+            put(api::admin::upload).delete(api::admin::remove),
+        );
+    let (router, admin_router) = match admin_listener {
+        Some(listener) => {
+            let admin = admin
+                .route("/metrics", get(api::admin::open_metrics))
+                .with_state(app.clone());
+            (router.with_state(app), Some((listener, admin)))
+        }
+        None => (
+            router
+                .merge(admin)
+                .route("/metrics", get(api::metrics))
+                .with_state(app),
+            None,
+        ),
+    };
 
     tracing::info!("listening on http://{}", listener.local_addr()?);
+    let mut admin_stopped = stop.subscribe();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down");
         let _ = stop.send(true);
     };
+    let admin_server = match admin_router {
+        Some((listener, router)) => {
+            // Worded so that it is not mistaken for the public "listening on" line.
+            tracing::info!(
+                "admin API and /metrics on http://{}",
+                listener.local_addr()?
+            );
+            let stopped = async move {
+                let _ = admin_stopped.wait_for(|stopping| *stopping).await;
+            };
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    tracing::error!("admin listener failed: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     axum::serve(listener, router)
         .with_graceful_shutdown(signal)
         .await?;
+    if let Some(admin_server) = admin_server {
+        admin_server.abort();
+    }
     // Upgraded connections are not tracked by the HTTP server; give them a
     // moment to send their close frames.
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;

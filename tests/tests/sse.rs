@@ -136,6 +136,11 @@ async fn sse_refusals_are_json_errors() {
             404,
             "not_found",
         ),
+        (
+            format!("/sse?channel=public:a&channel=public:a&token={token}"),
+            400,
+            "bad_request",
+        ),
     ];
     for (path, status, code) in cases {
         let (got_status, body) = status_and_json(server.sse_response(&path, None).await).await;

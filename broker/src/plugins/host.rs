@@ -273,6 +273,43 @@ impl Counters {
     }
 }
 
+/// A plugin file's bytes and sidecar config, read but not yet compiled.
+pub(super) struct PluginSource {
+    /// Where the plugin lives (for an upload: where it will be written).
+    file: PathBuf,
+    bytes: Vec<u8>,
+    digest: [u8; 32],
+    config_json: String,
+}
+
+impl PluginSource {
+    /// Reads `file` and its sidecar `<name>.toml`.
+    pub(super) fn read(file: &Path) -> Result<Self, PluginError> {
+        let bytes = std::fs::read(file).map_err(|source| PluginError::Io {
+            path: file.to_owned(),
+            source,
+        })?;
+        Self::from_bytes(file, bytes)
+    }
+
+    /// `bytes` as if they were the content of `file` (an upload, checked
+    /// before it is written); the sidecar config is read from beside `file`.
+    pub(super) fn from_bytes(file: &Path, bytes: Vec<u8>) -> Result<Self, PluginError> {
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let config_json = read_sidecar_config(file)?;
+        Ok(Self {
+            file: file.to_owned(),
+            bytes,
+            digest,
+            config_json,
+        })
+    }
+
+    pub(super) fn sha256(&self) -> String {
+        hex::encode(self.digest)
+    }
+}
+
 /// A ready instance: its store and the typed exports.
 struct Instance {
     store: Store<HostState>,
@@ -285,6 +322,7 @@ pub(super) struct Plugin {
     version: String,
     file: PathBuf,
     sha256: String,
+    loaded_at: SystemTime,
     namespaces: Vec<(String, ChannelOptions)>,
     filters: bool,
     engine: Engine,
@@ -318,13 +356,23 @@ impl Plugin {
         file: &Path,
         limits: &PluginLimits,
     ) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(file).map_err(|source| PluginError::Io {
-            path: file.to_owned(),
-            source,
-        })?;
-        let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        let config_json = read_sidecar_config(file)?;
+        Self::from_source(runtime, PluginSource::read(file)?, limits)
+    }
 
+    /// Compiles and instantiates `source` (already read), and checks what
+    /// its `describe` says.
+    pub(super) fn from_source(
+        runtime: &Runtime,
+        source: PluginSource,
+        limits: &PluginLimits,
+    ) -> Result<Plugin, PluginError> {
+        let PluginSource {
+            file,
+            bytes,
+            digest,
+            config_json,
+        } = source;
+        let file = file.as_path();
         let component = runtime
             .compile(digest, &bytes)
             .map_err(|e| PluginError::Compile {
@@ -376,6 +424,7 @@ impl Plugin {
             version,
             file: file.to_owned(),
             sha256: hex::encode(digest),
+            loaded_at: SystemTime::now(),
             namespaces,
             filters: description.filters,
             engine: runtime.engine.clone(),
@@ -407,6 +456,21 @@ impl Plugin {
 
     pub(super) fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    pub(super) fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// The sidecar config this version runs with, as JSON.
+    pub(super) fn config_json(&self) -> &str {
+        &self.config_json
+    }
+
+    /// Would loading `source` give this very plugin again (same bytes, same
+    /// sidecar config)? Then a reload is a no-op.
+    pub(super) fn is_built_from(&self, source: &PluginSource) -> bool {
+        self.sha256 == source.sha256() && *self.config_json == *source.config_json
     }
 
     pub(super) fn namespaces(&self) -> &[(String, ChannelOptions)] {

@@ -21,17 +21,25 @@
 //!   plugin with its pool of instances and its counters.
 //! - `registry`: loading a directory, namespace → plugin, the [`Governor`]
 //!   the hub calls.
+//! - `reload`: hot reload: a new version of one plugin file is checked off
+//!   the hot path and swapped in, or refused while the old one stays live.
+//! - `watcher`: watches the plugin directory and hands changed files to
+//!   `reload`, once a burst of events has settled.
 
 mod host;
 mod registry;
+mod reload;
 #[cfg(test)]
 mod tests;
+mod watcher;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub(crate) use host::{HookCounts, PluginStats};
 pub(crate) use registry::{Governor, LiveRegistry, Registry};
+pub(crate) use reload::{Change, PluginStatus, ReloadError, Reloader};
+pub(crate) use watcher::watch;
 
 /// Sandbox limits applied to every plugin call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,4 +189,18 @@ impl std::fmt::Display for PluginOrigin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "plugin {:?} ({})", self.name, self.file.display())
     }
+}
+
+/// `error: cause: cause` on one line: operators grep logs, and the admin API
+/// shows it as `last_error`.
+pub(crate) fn one_line(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    // Some causes (wasmtime's parser) span lines.
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -89,14 +89,16 @@ impl Registry {
         Self::from_plugins(plugins)
     }
 
-    fn empty() -> Self {
+    pub(super) fn empty() -> Self {
         Self {
             plugins: Vec::new(),
             by_namespace: HashMap::new(),
         }
     }
 
-    fn from_plugins(plugins: Vec<Arc<Plugin>>) -> Result<Self, PluginError> {
+    /// Maps the namespaces of `plugins`; a namespace or plugin name claimed
+    /// twice is refused, naming both plugins.
+    pub(super) fn from_plugins(plugins: Vec<Arc<Plugin>>) -> Result<Self, PluginError> {
         let mut by_namespace: HashMap<String, Governor> = HashMap::new();
         for (i, plugin) in plugins.iter().enumerate() {
             for (index, (namespace, _)) in plugin.namespaces().iter().enumerate() {
@@ -130,6 +132,11 @@ impl Registry {
     /// the channel does not exist (`not_found`).
     pub(crate) fn governing(&self, namespace: &str) -> Option<Governor> {
         self.by_namespace.get(namespace).cloned()
+    }
+
+    /// The loaded plugins themselves, in load order.
+    pub(super) fn plugins(&self) -> &[Arc<Plugin>] {
+        &self.plugins
     }
 
     /// Every loaded plugin, in load order (file name).
@@ -193,7 +200,7 @@ impl LiveRegistry {
 
 /// The `*.wasm` files directly in `dir`, sorted so that load order (and thus
 /// which plugin an error names first) does not depend on the file system.
-fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub(super) fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();

@@ -2,7 +2,7 @@
 //! drains the connection's push queue, flushing once per batch.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -27,6 +27,7 @@ mod close_code {
     pub(super) const UNAUTHORIZED: u16 = 4001;
     pub(super) const DISCONNECTED: u16 = 4003;
     pub(super) const NO_PONG: u16 = 4002;
+    pub(super) const TOKEN_EXPIRED: u16 = 4004;
     pub(super) const SLOW_CONSUMER: u16 = 4008;
 }
 
@@ -61,6 +62,7 @@ pub(crate) async fn upgrade(
                 app,
                 batch: matches!(params.batch.as_deref(), Some("1" | "true")),
                 replay: Vec::new(),
+                expires: None,
             };
             session.run(params.token).await;
         })
@@ -73,6 +75,9 @@ struct Session {
     /// Recovered messages to write right after the current reply, before
     /// anything from the queue (whose messages all have larger offsets).
     replay: Vec<Arc<Push>>,
+    /// When the token in force runs out (`exp` plus the clock leeway);
+    /// `None` for anonymous connections. Moved by `refresh`.
+    expires: Option<Instant>,
 }
 
 /// How the connection ended up authenticated.
@@ -92,6 +97,7 @@ impl Session {
             Authenticated::Implicitly(identity) => (None, identity),
             Authenticated::ByConnect(id, identity) => (Some(id), Some(identity)),
         };
+        self.expires = identity.as_ref().and_then(|i| self.expiry(i));
         let (registration, mut queue) = self.app.hub.register(identity);
         let mut connect_answered = connect_id.is_some();
         if let Some(id) = connect_id {
@@ -112,7 +118,10 @@ impl Session {
         // unregister a waiter (a mutex round trip) for every push written.
         let cut_off = registration.cut_off();
         let shutting_down = shutdown.changed();
-        tokio::pin!(cut_off, shutting_down);
+        // Armed while `armed` is `Some`; a `refresh` resets it in place.
+        let mut armed = self.expires;
+        let expiry = tokio::time::sleep_until(armed.unwrap_or_else(Instant::now));
+        tokio::pin!(cut_off, shutting_down, expiry);
         loop {
             tokio::select! {
                 biased;
@@ -127,6 +136,11 @@ impl Session {
                 }
                 _ = &mut shutting_down => {
                     self.close(close_code::GOING_AWAY, "server shutting down").await;
+                    return;
+                }
+                () = &mut expiry, if armed.is_some() => {
+                    tracing::info!(connection = registration.id(), "token expired");
+                    self.close(close_code::TOKEN_EXPIRED, "token expired").await;
                     return;
                 }
                 push = queue.recv() => {
@@ -157,6 +171,12 @@ impl Session {
                         Message::Ping(_) | Message::Pong(_) => continue,
                         Message::Close(_) => return,
                     };
+                    if self.expires != armed {
+                        armed = self.expires;
+                        if let Some(at) = armed {
+                            expiry.as_mut().reset(at);
+                        }
+                    }
                     if self.send_reply(reply).await.is_err() {
                         return;
                     }
@@ -280,6 +300,17 @@ impl Session {
             CommandKind::Publish { channel, data } => {
                 self.publish(id, &channel, data.get(), registration).await
             }
+            CommandKind::Presence { channel } => hub::parse_channel(&channel).and_then(|channel| {
+                let members = self.app.hub.presence_for(registration, &channel)?;
+                Ok(json!({
+                    "id": id,
+                    "type": "presence",
+                    "channel": channel.as_str(),
+                    "members": members,
+                })
+                .to_string())
+            }),
+            CommandKind::Refresh { token } => self.refresh(id, &token, registration),
             CommandKind::Ping => Ok(json!({"id": id, "type": "pong"}).to_string()),
         };
         result.unwrap_or_else(|refusal| protocol::error_reply(Some(id), &refusal))
@@ -373,16 +404,65 @@ impl Session {
         .to_string())
     }
 
+    /// Puts a new token of the same user in force: later subscribes,
+    /// publishes, presence and history use its claims, and the connection
+    /// now lives until its `exp`. A refused token changes nothing.
+    fn refresh(
+        &mut self,
+        id: u64,
+        token: &str,
+        registration: &Registration,
+    ) -> Result<String, Refusal> {
+        let Some(current) = registration.identity() else {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "an anonymous connection has no token to refresh; reconnect with the token",
+            ));
+        };
+        let identity =
+            self.app.verifier.verify(token).map_err(|e| {
+                Refusal::new(ErrorCode::Unauthorized, format!("invalid token: {e}"))
+            })?;
+        if identity.user != current.user {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "the new token is for another user; a connection keeps its user",
+            ));
+        }
+        let expires_at = identity.expires_at;
+        self.expires = self.expiry(&identity);
+        registration.set_identity(identity);
+        Ok(json!({"id": id, "type": "refreshed", "expires_at": expires_at}).to_string())
+    }
+
+    /// When `identity`'s token stops being accepted: its `exp` plus the
+    /// clock leeway the verifier grants, on the monotonic clock (so that a
+    /// wall-clock jump cannot end or prolong it). `None` when it lies beyond
+    /// what the clock can represent: in practice, never.
+    fn expiry(&self, identity: &Identity) -> Option<Instant> {
+        let leeway = self.app.config.jwt.leeway_seconds;
+        let end = UNIX_EPOCH.checked_add(Duration::from_secs(
+            identity.expires_at.saturating_add(leeway),
+        ))?;
+        let left = end
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        Instant::now().checked_add(left)
+    }
+
     fn connected_reply(&self, id: u64, registration: &Registration) -> String {
         let identity = registration.identity();
         let user = identity.as_ref().map_or("", |i| i.user.as_str());
-        json!({
+        let mut reply = json!({
             "id": id,
             "type": "connected",
             "client": self.app.client_id(registration.id()),
             "user": user,
-        })
-        .to_string()
+        });
+        if let Some(identity) = &identity {
+            reply["expires_at"] = json!(identity.expires_at);
+        }
+        reply.to_string()
     }
 
     /// Writes `first` and whatever else is queued, then flushes once.
