@@ -232,6 +232,44 @@ async fn refreshed_claims_govern_later_subscribes() {
 }
 
 #[tokio::test]
+async fn a_refresh_that_drops_a_course_ends_that_subscription_only() {
+    let server = start().await;
+    let claims = |courses: Value| json!({"perm": "autor", "courses": courses});
+    let both = claims(json!({ COURSE: "autor", OTHER_COURSE: "autor" }));
+    let mut ws = server.ws_as(ADA, both).await;
+    let (kept, dropped) = (
+        format!("course:{OTHER_COURSE}:chat"),
+        format!("course:{COURSE}:chat"),
+    );
+    for channel in [&kept, &dropped] {
+        let reply = ws
+            .request(json!({"type": "subscribe", "channel": channel}))
+            .await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+    }
+
+    // Stud.IP removed Ada from COURSE; the page refreshes its token.
+    let token = server.mint(ADA, claims(json!({ OTHER_COURSE: "autor" })), HOUR);
+    let reply = ws.request(json!({"type": "refresh", "token": token})).await;
+    assert_eq!(reply["type"], "refreshed", "{reply}");
+    let push = ws.recv_json().await;
+    assert_eq!(push["type"], "unsubscribed", "{push}");
+    assert_eq!(push["channel"], dropped.as_str(), "{push}");
+    assert!(
+        push["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "the push says why: {push}"
+    );
+
+    // Publishing to both: only the kept channel still reaches her.
+    server.publish_ok(&dropped, &json!({"n": 1})).await;
+    server.publish_ok(&kept, &json!({"n": 2})).await;
+    let message = ws.recv_json().await;
+    assert_eq!(message["type"], "message", "{message}");
+    assert_eq!(message["channel"], kept.as_str(), "{message}");
+    assert_eq!(message["data"], json!({"n": 2}));
+}
+
+#[tokio::test]
 async fn anonymous_connections_cannot_refresh() {
     let server = Server::builder()
         .env("STELLWERK_ALLOW_ANONYMOUS", "true")

@@ -158,6 +158,9 @@ pub(crate) struct Hub {
     inner: Arc<Inner>,
 }
 
+/// One user's live connections, by connection id.
+type UserConnections = HashMap<u64, Weak<Connection>>;
+
 struct Inner {
     shards: Box<[Mutex<HashMap<ChannelName, Subscribers>>]>,
     hasher: RandomState,
@@ -167,7 +170,7 @@ struct Inner {
     next_id: AtomicU64,
     connections: AtomicUsize,
     /// Live connections by user id, for `POST /api/users/{user}/disconnect`.
-    users: Mutex<HashMap<Arc<str>, HashMap<u64, Weak<Connection>>>>,
+    users: Mutex<HashMap<Arc<str>, UserConnections>>,
     published: AtomicU64,
     deliveries: AtomicU64,
     cut_offs: AtomicU64,
@@ -600,32 +603,24 @@ impl Hub {
             );
         }
         for (channel, connections) in affected {
-            let Some(governor) = self.inner.registry.governing(channel.namespace()) else {
-                let reason = format!(
-                    "no plugin governs `{}` channels any more",
-                    channel.namespace()
-                );
-                for connection in connections {
-                    self.inner.evict(&connection, &channel, &reason);
-                    outcome.revoked += 1;
-                }
-                continue;
-            };
+            let governor = self.inner.registry.governing(channel.namespace());
             for connection in connections {
-                let identity = connection.identity();
-                match authorize(&governor, &channel, identity.as_deref()) {
-                    Ok((audience, info)) => {
-                        if let Some(subscribers) = self.inner.shard(&channel).get_mut(&channel) {
-                            subscribers.reassign(connection.id, audience, info);
-                        }
-                        outcome.kept += 1;
-                    }
-                    Err(refusal) => {
-                        self.inner.evict(&connection, &channel, &refusal.message);
-                        outcome.revoked += 1;
-                    }
-                }
+                self.inner
+                    .recheck(governor.as_ref(), &channel, &connection, &mut outcome);
             }
+        }
+        outcome
+    }
+
+    /// Checks every subscription of one connection again, after its token
+    /// was refreshed with other claims; like [`Self::reauthorize`].
+    pub(crate) fn reauthorize_connection(&self, connection: &Connection) -> Reauthorized {
+        let mut outcome = Reauthorized::default();
+        let channels: Vec<ChannelName> = lock(&connection.channels).iter().cloned().collect();
+        for channel in channels {
+            let governor = self.inner.registry.governing(channel.namespace());
+            self.inner
+                .recheck(governor.as_ref(), &channel, connection, &mut outcome);
         }
         outcome
     }
@@ -773,6 +768,40 @@ impl Inner {
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Keeps `connection` on `channel` if `governor` (the one in force now)
+    /// still allows it, with its new audience; else evicts it with the
+    /// plugin's reason, or because no plugin governs the channel any more.
+    fn recheck(
+        &self,
+        governor: Option<&Governor>,
+        channel: &ChannelName,
+        connection: &Connection,
+        outcome: &mut Reauthorized,
+    ) {
+        let verdict = match governor {
+            Some(governor) => authorize(governor, channel, connection.identity().as_deref()),
+            None => Err(Refusal::new(
+                ErrorCode::NotFound,
+                format!(
+                    "no plugin governs `{}` channels any more",
+                    channel.namespace()
+                ),
+            )),
+        };
+        match verdict {
+            Ok((audience, info)) => {
+                if let Some(subscribers) = self.shard(channel).get_mut(channel) {
+                    subscribers.reassign(connection.id, audience, info);
+                }
+                outcome.kept += 1;
+            }
+            Err(refusal) => {
+                self.evict(connection, channel, &refusal.message);
+                outcome.revoked += 1;
+            }
         }
     }
 

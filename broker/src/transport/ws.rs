@@ -432,6 +432,16 @@ impl Session {
         let expires_at = identity.expires_at;
         self.expires = self.expiry(&identity);
         registration.set_identity(identity);
+        // Claims may have changed (a course dropped): subscriptions the new
+        // token no longer allows end with an `unsubscribed` push.
+        let outcome = self.app.hub.reauthorize_connection(registration);
+        if outcome.revoked > 0 {
+            tracing::info!(
+                connection = registration.id(),
+                revoked = outcome.revoked,
+                "refresh ended subscriptions"
+            );
+        }
         Ok(json!({"id": id, "type": "refreshed", "expires_at": expires_at}).to_string())
     }
 
