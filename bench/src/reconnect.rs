@@ -510,3 +510,32 @@ pub(crate) fn print(o: &Outcome) {
         println!("    note: {note}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(offset: u64) -> String {
+        json!({"type": "message", "channel": "public:bench", "epoch": "e", "offset": offset, "data": {}})
+            .to_string()
+    }
+
+    #[test]
+    fn gaps_and_duplicates_are_counted() {
+        let mut tracker = Tracker {
+            epoch: "e".into(),
+            last: 3,
+            report: Report::default(),
+        };
+        let batch = [4, 5, 8, 8, 6, 9].map(push).join("\n");
+        let reply = json!({"id": 1, "type": "subscribed"}).to_string();
+        let got = tracker.take(&format!("{batch}\n{reply}")).unwrap();
+        assert_eq!(got.map(|r| r["type"].clone()), Some(json!("subscribed")));
+        assert_eq!(tracker.last, 9);
+        assert_eq!(tracker.report.lost, 2, "6 and 7 were skipped when 8 came");
+        assert_eq!(tracker.report.duplicates, 2, "8 twice, 6 late");
+        assert_eq!(tracker.report.deliveries, 6);
+        let other_epoch = push(10).replace("\"e\"", "\"f\"");
+        assert!(tracker.take(&other_epoch).is_err());
+    }
+}

@@ -123,14 +123,17 @@ struct Parser {
 
 impl Parser {
     fn feed(&mut self, chunk: &[u8]) {
+        // Only the new bytes are searched, and complete lines leave the buffer at once, so
+        // that a long line arriving in many chunks costs linear time.
+        let scanned = self.buf.len();
         self.buf.extend_from_slice(chunk);
-        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            let line = String::from_utf8_lossy(&line).into_owned();
+        let Some(last_newline) = self.buf[scanned..].iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
+        let complete: Vec<u8> = self.buf.drain(..=scanned + last_newline).collect();
+        for line in complete[..complete.len() - 1].split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let line = String::from_utf8_lossy(line).into_owned();
             self.line(&line);
         }
     }

@@ -170,7 +170,8 @@ async fn sse_resumes_three_channels_from_the_last_event_id_header() {
     one_each(&server, &mut sse, 2).await;
     drop(sse);
 
-    // A cursor from the middle of the replay resumes from there: nothing twice, nothing lost.
+    // The cursor of the replay's last message resumes right after it: round 2 again (it came
+    // live after that cursor), nothing twice, nothing lost.
     let mut sse = open(&server, &path, Some(&cursor)).await;
     let resumed = read_subscribed(&mut sse, &channels).await;
     assert!(
@@ -217,22 +218,19 @@ async fn sse_resumes_from_the_last_event_id_query_parameter_in_any_channel_order
     read_subscribed(&mut sse, &reordered).await;
     // The header's cursor is newer than the URL's: round 2 and the one after it come, not
     // the messages published while away.
-    let mut want: Vec<(&str, Value)> = reordered
-        .iter()
-        .map(|channel| (*channel, json!({"round": 2, "to": channel})))
-        .collect();
-    want.push((WIKI, json!({"after": "header"})));
-    for (channel, data) in want {
+    for channel in reordered {
         let event = next_significant(&mut sse).await;
         assert_eq!(event.event.as_deref(), Some("message"), "{event:?}");
         let push = event.json();
         assert_eq!(push["channel"], channel, "{push}");
+        let data = json!({"round": 2, "to": channel});
         assert_eq!(
             push["data"], data,
             "the header's position, not the URL's: {push}"
         );
     }
-    assert_eq!(latest["channel"], WIKI);
+    let offset = latest["offset"].as_u64().unwrap();
+    expect_message(&mut sse, WIKI, offset, &json!({"after": "header"})).await;
 }
 
 /// Reads the `unrecovered` event and returns its channels, sorted.
@@ -261,7 +259,7 @@ async fn an_unusable_cursor_is_answered_with_unrecovered_and_no_replay() {
     let path = query(&channels, &token);
     let mut sse = open(&server, &path, None).await;
     read_subscribed(&mut sse, &channels).await;
-    let sent = server.publish_ok("public:a", &json!({"n": 1})).await;
+    server.publish_ok("public:a", &json!({"n": 1})).await;
     let cursor = expect_message(&mut sse, "public:a", 1, &json!({"n": 1})).await;
     drop(sse);
     server.publish_ok("public:a", &json!({"n": 2})).await;
@@ -304,7 +302,6 @@ async fn an_unusable_cursor_is_answered_with_unrecovered_and_no_replay() {
             expect_message(&mut sse, "public:b", offset, &json!({"live": true})).await;
         }
     }
-    assert_eq!(sent["offset"], 1);
 }
 
 #[tokio::test]
@@ -537,4 +534,59 @@ async fn disconnecting_the_user_ends_the_stream_with_a_disconnect_event() {
         data["reason"].as_str().is_some_and(|r| !r.is_empty()),
         "{data}"
     );
+}
+
+#[tokio::test]
+async fn a_stream_that_does_not_keep_up_ends_with_a_disconnect_event_and_resumes() {
+    let server = Server::builder()
+        .env("STELLWERK_LIMITS_QUEUE_CAPACITY", 4)
+        .start()
+        .await;
+    let token = server.token("u-slow");
+    let path = query(&["public:flood"], &token);
+    let mut sse = open(&server, &path, None).await;
+    read_subscribed(&mut sse, &["public:flood"]).await;
+    // The client stops reading: the socket buffers (a few MiB on loopback) and then the
+    // queue of 4 fill up; 16 MiB is well beyond both.
+    let filler = "x".repeat(256 * 1024);
+    let mut published = 0;
+    for n in 1..=64u64 {
+        server
+            .publish_ok("public:flood", &json!({ "n": n, "filler": filler }))
+            .await;
+        published = n;
+    }
+    // Whatever made it into the socket first, then the final event.
+    let mut cursor = None;
+    let data = loop {
+        let event = next_significant(&mut sse).await;
+        match event.event.as_deref() {
+            Some("message") => cursor = event.id,
+            Some("disconnect") => break event.json(),
+            other => panic!("unexpected {other:?}: {event:?}"),
+        }
+    };
+    assert_eq!(data["type"], "disconnect", "{data}");
+    assert_eq!(data["code"], 4008, "{data}");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), sse.next_block())
+            .await
+            .expect("the stream ends after `disconnect`")
+            .is_none(),
+        "nothing after `disconnect`"
+    );
+
+    // It comes back from the last message it got (or from the stream's start).
+    let cursor = cursor.expect("some messages arrived before the cut-off");
+    let mut sse = open(&server, &path, Some(&cursor)).await;
+    let subscribed = read_subscribed(&mut sse, &["public:flood"]).await;
+    assert_eq!(subscribed["public:flood"]["recovered"], true);
+    let mut last = 0;
+    while last < published {
+        let event = next_significant(&mut sse).await;
+        assert_eq!(event.event.as_deref(), Some("message"), "{event:?}");
+        let offset = event.json()["offset"].as_u64().unwrap();
+        assert!(last == 0 || offset == last + 1, "{offset} after {last}");
+        last = offset;
+    }
 }
