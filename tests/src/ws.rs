@@ -127,6 +127,17 @@ impl WsClient {
         }
     }
 
+    /// The next JSON object that is not a presence push (`join`/`leave`), for tests about
+    /// messages on channels whose plugin turned presence on.
+    pub async fn recv_skipping_presence(&mut self) -> Value {
+        loop {
+            let value = self.recv_json().await;
+            if !matches!(value["type"].as_str(), Some("join" | "leave")) {
+                return value;
+            }
+        }
+    }
+
     fn queue_text(&mut self, text: &str) {
         if self.batch {
             for line in text.split('\n') {

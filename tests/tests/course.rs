@@ -79,11 +79,11 @@ async fn course_members_chat_and_every_member_receives_it() {
         "data": {"text": "Hallo zusammen", "author": AUTOR},
     });
     assert_eq!(
-        ada.recv_json().await,
+        ada.recv_skipping_presence().await,
         want,
         "the sender receives its own message"
     );
-    assert_eq!(bob.recv_json().await, want);
+    assert_eq!(bob.recv_skipping_presence().await, want);
 }
 
 #[tokio::test]
@@ -102,7 +102,7 @@ async fn a_member_with_status_user_may_not_chat() {
     // Nothing was published: the next message is the marker, right after the start offset.
     let marker = server.publish_ok(CHAT, &json!({"marker": 1})).await;
     assert_eq!(marker["offset"], subscribed["offset"].as_u64().unwrap() + 1);
-    assert_eq!(reader.recv_json().await["data"], json!({"marker": 1}));
+    assert_eq!(reader.recv_skipping_presence().await["data"], json!({"marker": 1}));
 }
 
 #[tokio::test]
@@ -118,7 +118,7 @@ async fn clients_chat_only_on_the_chat_topic_while_the_server_publishes_on_any()
 
     let data = json!({"type": "wiki.page.updated", "page": "Literatur"});
     let result = server.publish_ok(&wiki, &data).await;
-    let push = dozent.recv_json().await;
+    let push = dozent.recv_skipping_presence().await;
     assert_eq!(push["offset"], result["offset"], "{push}");
     assert_eq!(push["data"], data, "HTTP publishes pass unchanged");
 }
@@ -143,7 +143,7 @@ async fn non_members_are_refused_and_admin_and_root_may_subscribe_without_member
     let data = json!({"type": "course.news", "id": 3});
     let result = server.publish_ok(CHAT, &data).await;
     for ws in [&mut admin, &mut root] {
-        let push = ws.recv_json().await;
+        let push = ws.recv_skipping_presence().await;
         assert_eq!((&push["offset"], &push["data"]), (&result["offset"], &data));
     }
 }
@@ -181,7 +181,7 @@ async fn the_author_cannot_be_spoofed() {
     .await;
     assert_eq!(reply["type"], "published", "{reply}");
     for ws in [&mut ada, &mut tutor, &mut guest] {
-        let push = ws.recv_json().await;
+        let push = ws.recv_skipping_presence().await;
         assert_eq!(push["offset"], reply["offset"], "{push}");
         assert_eq!(
             push["data"],
@@ -202,7 +202,7 @@ async fn chat_text_is_cut_to_2000_characters() {
     assert_eq!(reply["type"], "published", "{reply}");
     let want: String = long.chars().take(2000).collect();
     for ws in [&mut ada, &mut bob] {
-        let push = ws.recv_json().await;
+        let push = ws.recv_skipping_presence().await;
         let text = push["data"]["text"].as_str().expect("text survives");
         assert_eq!(text.chars().count(), 2000);
         assert_eq!(text, want);
@@ -228,14 +228,14 @@ async fn staff_only_messages_reach_tutors_dozents_and_admins_only() {
         ("dozent", &mut dozent),
         ("admin", &mut admin),
     ] {
-        let first = ws.recv_json().await;
+        let first = ws.recv_skipping_presence().await;
         assert_eq!(first["data"], staff_only, "{who}: {first}");
         assert_eq!(first["offset"], staff_result["offset"], "{who}");
-        let second = ws.recv_json().await;
+        let second = ws.recv_skipping_presence().await;
         assert_eq!(second["data"], for_all, "{who}: {second}");
     }
     for (who, ws) in [("user", &mut guest), ("autor", &mut autor)] {
-        let next = ws.recv_json().await;
+        let next = ws.recv_skipping_presence().await;
         assert_eq!(
             next["data"], for_all,
             "{who} must not see the staff message: {next}"
