@@ -8,7 +8,8 @@
 //! - `payload`: the timestamped benchmark message and latency percentiles.
 //! - `clients`: both brokers behind one face (subscribe, publish, read deliveries).
 //! - `fanout`, `idle`: the scenarios; `plugin_cost`: `plugin-cost` and `filter`, built on
-//!   the fan-out run; `reconnect`: `reconnect-storm` (recovery under load, Stellwerk only).
+//!   the fan-out run; `reconnect`: `reconnect-storm` (recovery under load, Stellwerk only);
+//!   `reload`: hot reload's time to live and its cost in throughput (Stellwerk only).
 
 mod clients;
 mod fanout;
@@ -18,6 +19,7 @@ mod payload;
 mod plugin_cost;
 mod procfs;
 mod reconnect;
+mod reload;
 mod servers;
 mod stellwerk;
 mod wsclient;
@@ -61,6 +63,37 @@ enum Scenario {
     /// while publishing goes on: time until all recovered, messages lost (must be 0),
     /// server peak RSS.
     ReconnectStorm(ReconnectStormArgs),
+    /// Stellwerk only: time from writing a plugin file to its rules being live (median,
+    /// p99), and deliveries/s during a reload storm versus without one.
+    Reload(ReloadArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReloadArgs {
+    /// Reloads per time-to-live series (file rename; admin upload).
+    #[arg(long, default_value_t = 50)]
+    reloads: usize,
+    /// Reloads with never-seen bytes, each a full compile.
+    #[arg(long, default_value_t = 5)]
+    fresh: usize,
+    /// Subscribers on `gate:bench` in the throughput phases.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// Seconds of publishing per throughput phase (quiet, storm).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Quiet + storm pairs, taking turns.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Publish requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Pause between two reloads of the storm, milliseconds.
+    #[arg(long, default_value_t = 20)]
+    storm_interval_ms: u64,
+    /// Where `gate.wasm` and `gate-v2.wasm` are.
+    #[arg(long, default_value = "target/test-plugins")]
+    test_plugins_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -359,6 +392,20 @@ async fn run(cli: Cli, fd_limit: u64) -> Result<()> {
             plugin_cost::run_filter(&setup, &a.test_plugins_dir, &base, &a.groups).await
         }
         Scenario::ReconnectStorm(a) => run_reconnect_storm(a, c, &setup, fd_limit, timeout).await,
+        Scenario::Reload(a) => {
+            let params = reload::Params {
+                reloads: a.reloads,
+                fresh: a.fresh,
+                subscribers: a.subscribers,
+                seconds: a.seconds,
+                rounds: a.rounds.max(1),
+                publishers: a.publishers.max(1),
+                storm_interval: Duration::from_millis(a.storm_interval_ms),
+                test_plugins_dir: a.test_plugins_dir.clone(),
+                timeout,
+            };
+            reload::run(&setup, &params).await
+        }
     };
     if let Some(out) = &c.out {
         let mut line = report;

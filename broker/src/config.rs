@@ -1262,6 +1262,9 @@ kind = "memory"
             "STELLWERK_JWT_SECRET",
             "STELLWERK_JWT_PUBLIC_KEY_FILE",
             "STELLWERK_PLUGINS_DIR",
+            "STELLWERK_ADMIN_LISTEN",
+            "STELLWERK_PLUGINS_WATCH",
+            "STELLWERK_PLUGINS_MAX_UPLOAD_BYTES",
             "STELLWERK_SSE_RETRY_MS",
             "STELLWERK_ENGINE_KIND",
         ] {
@@ -1272,8 +1275,8 @@ kind = "memory"
             .iter()
             .map(|var| {
                 let value = match var.as_str() {
-                    "STELLWERK_LISTEN" => "127.0.0.1:0",
-                    "STELLWERK_ALLOW_ANONYMOUS" => "true",
+                    "STELLWERK_LISTEN" | "STELLWERK_ADMIN_LISTEN" => "127.0.0.1:0",
+                    "STELLWERK_ALLOW_ANONYMOUS" | "STELLWERK_PLUGINS_WATCH" => "true",
                     "STELLWERK_ENGINE_KIND" => "memory",
                     "STELLWERK_JWT_PUBLIC_KEY_FILE" => "/keys/pub.pem",
                     "STELLWERK_JWT_LEEWAY_SECONDS" => "60",

@@ -209,14 +209,25 @@ async fn a_refused_upload_changes_nothing_and_says_why() {
 #[tokio::test]
 async fn an_oversized_upload_is_refused_with_413() {
     let dir = PluginDir::new();
-    let server = start(&dir, &[("STELLWERK_PLUGINS_MAX_UPLOAD_BYTES", "4096")]).await;
+    let server = start(&dir, &[("STELLWERK_PLUGINS_MAX_UPLOAD_BYTES", "1048576")]).await;
     let admin = Admin::new(&server);
-    let (status, body) = admin.upload("gate", bytes_of("gate-v2")).await;
+    // Far more than the socket buffers hold: the client still gets the answer, not a reset.
+    let (status, body) = admin.upload("gate", vec![0; 8 << 20]).await;
     assert_http_error(status, &body, 413, "too_large");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_upload_bytes"),
+        "{body}"
+    );
     assert_eq!(
         std::fs::read(dir.file("gate.wasm")).unwrap(),
         bytes_of("gate")
     );
+    // Under the limit, the same server takes it.
+    let (status, body) = admin.upload("gate", bytes_of("gate-v2")).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]

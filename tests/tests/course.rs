@@ -102,7 +102,10 @@ async fn a_member_with_status_user_may_not_chat() {
     // Nothing was published: the next message is the marker, right after the start offset.
     let marker = server.publish_ok(CHAT, &json!({"marker": 1})).await;
     assert_eq!(marker["offset"], subscribed["offset"].as_u64().unwrap() + 1);
-    assert_eq!(reader.recv_skipping_presence().await["data"], json!({"marker": 1}));
+    assert_eq!(
+        reader.recv_skipping_presence().await["data"],
+        json!({"marker": 1})
+    );
 }
 
 #[tokio::test]

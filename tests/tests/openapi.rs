@@ -377,6 +377,69 @@ fn every_ref_resolves_and_every_protected_operation_documents_401() {
     }
 }
 
+/// The `(path, method)` pairs the broker routes, read from `broker/src/server.rs`
+/// (`.route("/path", get(…).post(…))`).
+fn routed_operations() -> BTreeSet<(String, String)> {
+    let path = workspace_root()
+        .join("broker")
+        .join("src")
+        .join("server.rs");
+    let source = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut routes = BTreeSet::new();
+    for chunk in source.split(".route(").skip(1) {
+        // The arguments end at the parenthesis that closes `.route(`.
+        let mut depth = 1;
+        let end = chunk
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map_or(chunk.len(), |(i, _)| i);
+        let args = &chunk[..end];
+        let Some(literal) = args.split('"').nth(1) else {
+            continue;
+        };
+        for method in METHODS {
+            let called = args.match_indices(&format!("{method}(")).any(|(i, _)| {
+                i == 0 || !args[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+            });
+            if called {
+                routes.insert((literal.to_owned(), method.to_owned()));
+            }
+        }
+    }
+    routes
+}
+
+#[test]
+fn every_routed_http_endpoint_is_documented_and_nothing_else() {
+    let contract = Contract::new();
+    let documented: BTreeSet<(String, String)> = contract
+        .documented()
+        .into_iter()
+        .map(|(path, method, _)| (path, method))
+        .collect();
+    // The two streaming transports are specified in docs/protocol.md.
+    let routed: BTreeSet<(String, String)> = routed_operations()
+        .into_iter()
+        .filter(|(path, _)| path != "/ws" && path != "/sse")
+        .collect();
+    assert!(
+        routed.contains(&("/api/publish".into(), "post".into())),
+        "reading the routes of broker/src/server.rs failed: {routed:?}"
+    );
+    assert_eq!(
+        routed, documented,
+        "routes of broker/src/server.rs (left) vs operations of docs/openapi.json (right)"
+    );
+}
+
 #[tokio::test]
 async fn every_documented_answer_is_what_the_server_sends() {
     let plugins = default_plugins_dir();

@@ -82,14 +82,14 @@ async fn a_file_written_in_place_is_loaded_once_complete_and_never_half_written(
     let admin = Admin::new(&server);
     let (mut ws, _) = server.subscriber("u1", "gate:room").await;
 
-    // Four pieces, 400 ms apart: longer than the watcher's settle time, so that it does
-    // try the half-written file.
+    // Four pieces, 600 ms apart: much longer than the watcher's settle time (150 ms), so
+    // that it does try the half-written file.
     let v2 = bytes_of("gate-v2");
     let writer = {
         let file = dir.file("gate.wasm");
         let v2 = v2.clone();
         std::thread::spawn(move || {
-            overwrite_in_place(&file, &v2, 4, Duration::from_millis(400));
+            overwrite_in_place(&file, &v2, 4, Duration::from_millis(600));
         })
     };
     // While the file is incomplete, the old version keeps serving.

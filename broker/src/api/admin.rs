@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::Json;
+use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
 use super::ApiError;
@@ -73,8 +74,27 @@ pub(crate) async fn upload(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
+) -> Response {
+    if let Err(refusal) = check_admin_token(&app, &headers) {
+        // The body stays unread, so this connection cannot carry another request: say so,
+        // or the client's pool reuses it and its next request fails.
+        let mut response = refusal.into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    upload_checked(app, &name, &headers, body)
+        .await
+        .into_response()
+}
+
+async fn upload_checked(
+    app: AppState,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    check_admin_token(&app, &headers)?;
     let max = usize::try_from(app.config.plugins.max_upload_bytes).unwrap_or(usize::MAX);
     let too_large = || {
         ApiError::new(
@@ -86,19 +106,45 @@ pub(crate) async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > max as u64) {
+    let Some(bytes) = read_upload(body, max, announced.is_some_and(|n| n > max as u64)).await?
+    else {
         return Err(too_large());
-    }
-    let bytes = axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| too_large())?;
+    };
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
             "the body must be the plugin's .wasm component",
         ));
     }
-    let change = app.plugins.upload(&name, bytes.to_vec()).await?;
+    let change = app.plugins.upload(name, bytes).await?;
     Ok(Json(change_json(&change)))
+}
+
+/// Bytes read past the limit before an oversized upload is answered: a client that sends
+/// the whole body before it reads the answer (curl, most HTTP libraries) then gets the 413
+/// instead of a reset connection. Beyond this, the connection is closed.
+const DRAIN_AT_MOST: usize = 64 << 20;
+
+/// The body if it fits in `max` bytes (`None` if not, then read on up to [`DRAIN_AT_MOST`]).
+async fn read_upload(body: Body, max: usize, too_large: bool) -> Result<Option<Vec<u8>>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut too_large = too_large;
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        seen = seen.saturating_add(chunk.len());
+        if too_large || seen > max {
+            too_large = true;
+            bytes = Vec::new();
+            if seen > max.saturating_add(DRAIN_AT_MOST) {
+                break;
+            }
+            continue;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((!too_large).then_some(bytes))
 }
 
 /// `DELETE /admin/plugins/{name}`: deletes the file and unloads the plugin;

@@ -75,3 +75,24 @@ fn check_prefix(prefix: &str) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_held_to_the_channel_alphabet_and_length() {
+        for ok in [
+            "",
+            "course:",
+            "course:a07535cf2f8a72df33c12ddfa4b53dde:",
+            "c",
+            "public:a/b",
+        ] {
+            assert!(check_prefix(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["a b", "course#", "ü", &"x".repeat(256)] {
+            assert!(check_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -49,3 +49,23 @@ fn check_user(user: &str) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_like_studip_ones_pass_mangled_ones_do_not() {
+        for ok in [
+            "e7a0a84b161f3e8c09b4a0a2e8a58147",
+            "nobody",
+            "ada@example.org",
+            "ü",
+        ] {
+            assert!(check_user(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", " ", "ada lovelace", "a\nb", "a\u{0}b", &"x".repeat(256)] {
+            assert!(check_user(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -89,7 +89,7 @@ impl Registry {
         Self::from_plugins(plugins)
     }
 
-    pub(super) fn empty() -> Self {
+    fn empty() -> Self {
         Self {
             plugins: Vec::new(),
             by_namespace: HashMap::new(),

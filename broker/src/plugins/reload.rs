@@ -436,8 +436,17 @@ impl Reloader {
             .live
             .as_ref()
             .map_or_else(|| stem.to_owned(), |p| p.name().to_owned());
-        // Without this plugin, no namespace can conflict: cannot fail.
-        let registry = next_registry(slots, stem, None).unwrap_or_else(|_| Registry::empty());
+        // The others formed a valid registry before, so without this plugin they still do;
+        // should that ever fail, nothing is swapped rather than everything unloaded.
+        let registry = match next_registry(slots, stem, None) {
+            Ok(registry) => registry,
+            Err(e) => {
+                tracing::error!(plugin = name, "cannot unload: {e}");
+                return Change::Unchanged {
+                    status: slot.status(stem),
+                };
+            }
+        };
         let old = slots.remove(stem).and_then(|s| s.live);
         let reauthorized = match old {
             Some(old) => {

@@ -24,6 +24,9 @@ use tokio::time::Instant;
 use super::reload::{file_stem, Reloader};
 use super::{Change, ReloadError};
 
+/// Stands for "every file" in the channel of changed stems (no stem is empty).
+const RESCAN: &str = "";
+
 /// Quiet time after the last event of a burst before the files are reloaded.
 const SETTLE: Duration = Duration::from_millis(150);
 /// A file written continuously is still reloaded this long after its first event.
@@ -35,6 +38,10 @@ pub(crate) fn watch(reloader: Reloader) -> notify::Result<RecommendedWatcher> {
     let (tx, rx) = mpsc::unbounded_channel::<String>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
         match event {
+            Ok(event) if event.need_rescan() => {
+                // The kernel dropped events (queue overflow): look at every file.
+                let _ = tx.send(RESCAN.to_owned());
+            }
             Ok(event) => {
                 for stem in changed_plugins(&event) {
                     // The receiver only ends with the runtime.
@@ -46,7 +53,12 @@ pub(crate) fn watch(reloader: Reloader) -> notify::Result<RecommendedWatcher> {
     })?;
     watcher.watch(reloader.dir(), RecursiveMode::NonRecursive)?;
     tracing::info!(dir = %reloader.dir().display(), "watching the plugin directory for changes");
-    tokio::spawn(settle_and_reload(rx, reloader));
+    // A file changed between the start-up load and now sent no event we saw: catch up once
+    // (unchanged files cost a read and a hash).
+    tokio::spawn(async move {
+        reloader.reload_all().await;
+        settle_and_reload(rx, reloader).await;
+    });
     Ok(watcher)
 }
 
@@ -67,6 +79,10 @@ async fn settle_and_reload(mut rx: mpsc::UnboundedReceiver<String>, reloader: Re
             if Instant::now() >= deadline {
                 break;
             }
+        }
+        if stems.contains(RESCAN) {
+            reloader.reload_all().await;
+            continue;
         }
         for stem in stems {
             match reloader.reload_file(&stem).await {
