@@ -145,7 +145,7 @@ pub async fn run(
     let (router, admin_router) = match admin_listener {
         Some(listener) => {
             let admin = admin
-                .route("/metrics", get(api::admin::open_metrics))
+                .route("/metrics", get(api::open_metrics))
                 .with_state(app.clone());
             (router.with_state(app), Some((listener, admin)))
         }

@@ -159,21 +159,6 @@ pub(crate) async fn remove(
     Ok(Json(change_json(&change)))
 }
 
-/// `GET /metrics` on the admin listener: open there, since only operators
-/// reach that address.
-pub(crate) async fn open_metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let mut headers = HeaderMap::new();
-    if let Some(value) = app
-        .config
-        .admin_token
-        .as_deref()
-        .and_then(|token| HeaderValue::from_str(&format!("Bearer {token}")).ok())
-    {
-        headers.insert(header::AUTHORIZATION, value);
-    }
-    super::metrics(State(app), headers).await
-}
-
 fn check_admin_token(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(admin_token) = app.config.admin_token.as_deref() else {
         return Err(ApiError::new(

@@ -1,5 +1,6 @@
-//! `GET /metrics`: Prometheus text, behind the admin token (the admin API
-//! shares the public listener for now). Without an admin token it is off.
+//! `GET /metrics`: Prometheus text. On the public listener it is behind the
+//! admin token (and off without one); on a separate admin listener
+//! (`admin_listen`) it is open, as scrapers expect.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
@@ -31,15 +32,19 @@ pub(crate) async fn metrics(
             ))
         }
     }
-    let body = render(&app);
-    Ok((
+    Ok(open_metrics(State(app)).await)
+}
+
+/// `/metrics` on the admin listener: no token, that listener is the operators' own.
+pub(crate) async fn open_metrics(State(app): State<AppState>) -> Response {
+    (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        body,
+        render(&app),
     )
-        .into_response())
+        .into_response()
 }
 
 fn render(app: &AppState) -> String {

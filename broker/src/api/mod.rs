@@ -16,6 +16,6 @@ pub(crate) use error::ApiError;
 pub(crate) use health::{healthz, readyz};
 pub(crate) use history::history;
 pub(crate) use info::info;
-pub(crate) use metrics::metrics;
+pub(crate) use metrics::{metrics, open_metrics};
 pub(crate) use publish::publish;
 pub(crate) use users::disconnect;

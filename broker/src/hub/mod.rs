@@ -383,6 +383,18 @@ impl Hub {
             .await
             .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
         lock(&connection.channels).insert(channel.clone());
+        // A reload may have swapped the plugin after we asked the old version,
+        // and its re-check may have run before this subscription existed:
+        // ask the version in force now (a refusal arrives as `unsubscribed`).
+        let in_force = self.inner.registry.governing(channel.namespace());
+        if !in_force
+            .as_ref()
+            .is_some_and(|g| g.is_same_version(&governor))
+        {
+            let mut outcome = Reauthorized::default();
+            self.inner
+                .recheck(in_force.as_ref(), channel, connection, &mut outcome);
+        }
         let epoch = attached.position.epoch.clone();
         let missed = attached.missed.map(|missed| {
             for_audience(&governor, channel, missed, &audience)

@@ -233,6 +233,11 @@ impl fmt::Debug for Governor {
 }
 
 impl Governor {
+    /// Whether both answer with the same loaded version of the same plugin.
+    pub(crate) fn is_same_version(&self, other: &Governor) -> bool {
+        Arc::ptr_eq(&self.plugin, &other.plugin)
+    }
+
     pub(crate) fn plugin_name(&self) -> &str {
         self.plugin.name()
     }
