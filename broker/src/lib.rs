@@ -31,4 +31,4 @@ pub(crate) mod protocol;
 mod server;
 pub(crate) mod transport;
 
-pub use server::{run, ServeError};
+pub use server::{listen, run, ServeError};

@@ -165,8 +165,7 @@ fn serve(file: Option<&Path>) -> ExitCode {
         }
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = stellwerk::listen(config.listen)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         stellwerk::run(listener, config, shutdown_signal()).await?;
         Ok(())

@@ -55,6 +55,25 @@ impl AppState {
     }
 }
 
+/// Pending connections the kernel queues for us (it caps this at
+/// `net.core.somaxconn`). Above tokio's 1,024 so that thousands of browsers
+/// reconnecting at once after a network blip are not made to retry their
+/// handshake a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener for `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`,
+/// so that a restart does not wait for old connections in `TIME_WAIT`).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// How long open connections get to say goodbye after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -108,7 +127,7 @@ pub async fn run(
         None
     };
     let admin_listener = match config.admin_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
+        Some(addr) => Some(listen(addr)?),
         None => None,
     };
     let (stop, stopped) = watch::channel(false);
