@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::engine::{Engine, HistoryPolicy, MemoryEngine};
 use crate::hub::{Hub, HubLimits};
 use crate::plugins::{LiveRegistry, PluginError, PluginLimits, Registry, Reloader};
-use crate::{api, transport};
+use crate::{api, plugins, transport};
 
 /// Why the server could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +99,7 @@ pub async fn run(
     let registry = tokio::task::spawn_blocking(move || Registry::load_dir(&dir, limits))
         .await
         .map_err(|e| std::io::Error::other(format!("plugin loader panicked: {e}")))?
-        .map_err(|e: PluginError| ServeError::Plugins(with_causes(&e)))?;
+        .map_err(|e: PluginError| ServeError::Plugins(plugins::one_line(&e)))?;
     let hub = Hub::new(
         Arc::new(LiveRegistry::new(registry)),
         HubLimits {
@@ -218,17 +218,4 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
-}
-
-/// `error: cause: cause` on one line, so that start-up failures say why.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    // Some causes (wasmtime's parser) span lines; an operator greps one.
-    line.split_whitespace().collect::<Vec<_>>().join(" ")
 }

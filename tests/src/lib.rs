@@ -9,10 +9,12 @@
 //! - [`server`]: starts one broker per test on `127.0.0.1:0`, mints tokens, publishes.
 //! - [`ws`]: a small WebSocket client (commands, pushes, close frames).
 //! - [`sse`]: a Server-Sent Events client over a raw HTTP byte stream.
+//! - [`plugin_dir`]: a temporary plugin directory with copies of built components.
 //! - [`raw`]: a hand-rolled WebSocket over a plain TCP socket, for a client that stops reading.
 //! - [`tokens`]: hand-crafted tokens that no JWT library would produce (`alg: none`).
 
 pub mod binary;
+pub mod plugin_dir;
 pub mod raw;
 pub mod server;
 pub mod sse;

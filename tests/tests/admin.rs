@@ -8,14 +8,14 @@ mod deploy;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use deploy::{bytes_of, sha256, start, Admin, PluginDir, ADMIN_TOKEN};
+use deploy::{bytes_of, plugin_dir, sha256, start, Admin, Deploy, ADMIN_TOKEN};
 use reqwest::Method;
 use serde_json::{json, Value};
 use stellwerk_e2e::{assert_http_error, assert_ws_error, Server};
 
 #[tokio::test]
 async fn the_admin_api_needs_the_admin_token_and_never_accepts_the_api_key() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[]).await;
     let base = server.http_url("");
     let v2 = bytes_of("gate-v2");
@@ -44,7 +44,7 @@ async fn the_admin_api_needs_the_admin_token_and_never_accepts_the_api_key() {
 
 #[tokio::test]
 async fn without_an_admin_token_the_admin_api_is_off() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = Server::builder().plugins_dir(dir.path()).start().await;
     let admin = Admin::at(&server.http_url(""), Some("anything"));
     let (status, body) = admin.send(Method::GET, "/admin/plugins", None).await;
@@ -53,7 +53,7 @@ async fn without_an_admin_token_the_admin_api_is_off() {
 
 #[tokio::test]
 async fn the_list_shows_what_runs_with_its_counters() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[]).await;
     let admin = Admin::new(&server);
     let (mut ws, _) = server.subscriber("u1", "gate:room").await;
@@ -94,7 +94,7 @@ async fn the_list_shows_what_runs_with_its_counters() {
 
 #[tokio::test]
 async fn an_upload_goes_live_is_written_atomically_and_survives_a_restart() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[]).await;
     let admin = Admin::new(&server);
     let (mut ws, _) = server.subscriber("u1", "gate:room").await;
@@ -157,7 +157,7 @@ async fn an_upload_goes_live_is_written_atomically_and_survives_a_restart() {
 
 #[tokio::test]
 async fn a_refused_upload_changes_nothing_and_says_why() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[]).await;
     let admin = Admin::new(&server);
     let v1 = bytes_of("gate");
@@ -208,7 +208,7 @@ async fn a_refused_upload_changes_nothing_and_says_why() {
 
 #[tokio::test]
 async fn an_oversized_upload_is_refused_with_413() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[("STELLWERK_PLUGINS_MAX_UPLOAD_BYTES", "1048576")]).await;
     let admin = Admin::new(&server);
     // Far more than the socket buffers hold: the client still gets the answer, not a reset.
@@ -232,7 +232,7 @@ async fn an_oversized_upload_is_refused_with_413() {
 
 #[tokio::test]
 async fn reload_endpoints_load_what_is_on_disk_on_demand() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     // Without the watcher, only the admin calls reload.
     let server = start(&dir, &[("STELLWERK_PLUGINS_WATCH", "false")]).await;
     let admin = Admin::new(&server);
@@ -289,7 +289,7 @@ async fn reload_endpoints_load_what_is_on_disk_on_demand() {
 
 #[tokio::test]
 async fn delete_removes_the_file_and_unloads_the_plugin() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[]).await;
     let admin = Admin::new(&server);
     let (mut ws, _) = server.subscriber("u1", "gate:room").await;
@@ -341,7 +341,7 @@ async fn admin_addr(server: &Server) -> SocketAddr {
 
 #[tokio::test]
 async fn on_its_own_listener_the_admin_api_moves_there_and_metrics_are_open() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[("STELLWERK_ADMIN_LISTEN", "127.0.0.1:0")]).await;
     let addr = admin_addr(&server).await;
     let base = format!("http://{addr}");
@@ -393,7 +393,7 @@ async fn cli(server: &Server, token: &str, args: &[&str]) -> (i32, String, Strin
 
 #[tokio::test]
 async fn the_plugins_cli_lists_uploads_reloads_and_removes() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[]).await;
     let admin = Admin::new(&server);
 

@@ -4,11 +4,12 @@
 //! the few listed in [`NOT_PROVOKED`], each with the reason).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use stellwerk_e2e::binary::{default_plugins_dir, workspace_root};
+use stellwerk_e2e::binary::workspace_root;
+use stellwerk_e2e::plugin_dir::{component, PluginDir};
 use stellwerk_e2e::{random_hex, Server};
 
 const COURSE: &str = "a07535cf2f8a72df33c12ddfa4b53dde";
@@ -281,47 +282,6 @@ fn assert_matches_template(template: &str, path: &str) {
     assert!(fits, "{path} is not an instance of {template}");
 }
 
-/// A plugin directory of its own (the admin API writes into it), removed afterwards.
-struct PluginsDir(PathBuf);
-
-impl PluginsDir {
-    fn new(files: &[PathBuf]) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "stellwerk-openapi-{}-{}",
-            std::process::id(),
-            random_hex(6)
-        ));
-        std::fs::create_dir_all(&path).expect("create the plugin directory");
-        for wasm in files {
-            copy_into(wasm, &path);
-        }
-        Self(path)
-    }
-}
-
-impl Drop for PluginsDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn copy_into(wasm: &Path, dir: &Path) {
-    assert!(
-        wasm.is_file(),
-        "{} is missing: run `cargo xtask build-plugins` first",
-        wasm.display()
-    );
-    std::fs::copy(wasm, dir.join(wasm.file_name().expect("a file name")))
-        .unwrap_or_else(|e| panic!("copy {}: {e}", wasm.display()));
-}
-
-fn test_plugin(name: &str) -> PathBuf {
-    workspace_root()
-        .join("target")
-        .join("test-plugins")
-        .join(format!("{name}.wasm"))
-}
-
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
@@ -442,23 +402,18 @@ fn every_routed_http_endpoint_is_documented_and_nothing_else() {
 
 #[tokio::test]
 async fn every_documented_answer_is_what_the_server_sends() {
-    let plugins = default_plugins_dir();
-    let dir = PluginsDir::new(&[
-        plugins.join("public.wasm"),
-        plugins.join("course.wasm"),
-        plugins.join("user.wasm"),
-        test_plugin("panicky"),
-    ]);
-    let empty = PluginsDir::new(&[]);
+    // A directory of its own: the admin API writes into it.
+    let dir = PluginDir::with(&["public", "course", "user", "panicky"]);
+    let empty = PluginDir::with(&[]);
     let admin = random_hex(16);
     let server = Server::builder()
-        .plugins_dir(&dir.0)
+        .plugins_dir(dir.path())
         .env("STELLWERK_ADMIN_TOKEN", &admin)
         .env("STELLWERK_PLUGINS_MAX_UPLOAD_BYTES", MAX_UPLOAD)
         .start()
         .await;
     // No plugins and no admin token: metrics and the admin API are off.
-    let bare = Server::builder().plugins_dir(&empty.0).start().await;
+    let bare = Server::builder().plugins_dir(empty.path()).start().await;
     let key = server.api_key().to_owned();
     let key = Some(key.as_str());
     let admin = Some(admin.as_str());
@@ -725,7 +680,7 @@ async fn every_documented_answer_is_what_the_server_sends() {
     assert_eq!(status, 404);
 
     // ----- the admin API -----
-    check_admin_api(&mut c, &server, &bare, &dir.0, admin, key).await;
+    check_admin_api(&mut c, &server, &bare, dir.path(), admin, key).await;
 
     // ----- every documented answer was seen -----
     let not_provoked: BTreeSet<(String, String, u16)> = NOT_PROVOKED
@@ -834,7 +789,7 @@ async fn check_admin_api(
 
     // Deploy, redeploy the same bytes, refuse, remove.
     let template = "/admin/plugins/{name}";
-    let wasm = read(&test_plugin("audiences"));
+    let wasm = read(&component("audiences"));
     for (bytes, path, want) in [
         (wasm.clone(), "/admin/plugins/audiences", 200),
         (wasm, "/admin/plugins/audiences", 200),

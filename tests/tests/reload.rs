@@ -10,7 +10,7 @@ mod deploy;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use deploy::{bytes_of, overwrite_in_place, sha256, start, Admin, PluginDir};
+use deploy::{bytes_of, overwrite_in_place, plugin_dir, sha256, start, Admin, Deploy};
 use serde_json::{json, Value};
 use stellwerk_e2e::{assert_ws_error, Server, WsClient};
 
@@ -50,7 +50,7 @@ async fn expect_unsubscribed(ws: &mut WsClient, channel: &str) -> String {
 
 #[tokio::test]
 async fn replacing_the_file_by_atomic_rename_puts_the_new_version_live_for_connected_subscribers() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[]).await;
     let admin = Admin::new(&server);
     let (mut ws, _) = server.subscriber("u1", "gate:room").await;
@@ -77,7 +77,7 @@ async fn replacing_the_file_by_atomic_rename_puts_the_new_version_live_for_conne
 
 #[tokio::test]
 async fn a_file_written_in_place_is_loaded_once_complete_and_never_half_written() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[]).await;
     let admin = Admin::new(&server);
     let (mut ws, _) = server.subscriber("u1", "gate:room").await;
@@ -122,7 +122,7 @@ async fn a_file_written_in_place_is_loaded_once_complete_and_never_half_written(
 
 #[tokio::test]
 async fn a_garbage_file_keeps_the_running_version_and_says_why() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[]).await;
     let admin = Admin::new(&server);
     let (mut ws, _) = server.subscriber("u1", "gate:room").await;
@@ -172,7 +172,7 @@ async fn a_garbage_file_keeps_the_running_version_and_says_why() {
 
 #[tokio::test]
 async fn a_namespace_conflict_is_refused_naming_both_plugins() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[]).await;
     let admin = Admin::new(&server);
 
@@ -209,7 +209,7 @@ async fn a_namespace_conflict_is_refused_naming_both_plugins() {
 
 #[tokio::test]
 async fn deleting_the_file_unloads_the_plugin_and_tells_its_subscribers() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[]).await;
     let admin = Admin::new(&server);
     let (mut a, _) = server.subscriber("u1", "gate:room").await;
@@ -234,7 +234,7 @@ async fn deleting_the_file_unloads_the_plugin_and_tells_its_subscribers() {
 
 #[tokio::test]
 async fn a_rule_change_unsubscribes_exactly_the_subscribers_who_lost_access() {
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     let server = start(&dir, &[]).await;
     let admin = Admin::new(&server);
     let mut clients = HashMap::new();
@@ -311,7 +311,7 @@ async fn a_hundred_reloads_under_load_lose_reorder_and_drop_nothing() {
     const RELOADS: usize = 100;
     const MAX_MESSAGES: u64 = 20_000;
     const CHANNEL: &str = "gate:storm";
-    let dir = PluginDir::new();
+    let dir = plugin_dir();
     // Room for the test's own readers to fall behind on a busy machine: this test is about
     // reloads, not slow consumers.
     let server = start(&dir, &[("STELLWERK_LIMITS_QUEUE_CAPACITY", "16384")]).await;

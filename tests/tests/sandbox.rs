@@ -17,13 +17,13 @@
 //! | `liar` | `filter` answers data that is not JSON | the answer check: delivery skipped |
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use stellwerk_e2e::binary::{default_plugins_dir, workspace_root};
+use stellwerk_e2e::plugin_dir::PluginDir;
 use stellwerk_e2e::server::status_and_json;
-use stellwerk_e2e::{assert_http_error, assert_ws_error, random_hex, Server, WsClient};
+use stellwerk_e2e::{assert_http_error, assert_ws_error, Server, WsClient};
 
 const ADMIN_TOKEN: &str = "sandbox-admin-token";
 const MISBEHAVING: [&str; 5] = ["spin", "hog", "panicky", "flood", "liar"];
@@ -36,7 +36,7 @@ const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn spin_is_stopped_by_the_cpu_deadline_and_the_broker_carries_on() {
-    let dir = PluginsDir::new();
+    let dir = plugins_dir();
     let server = start(&dir).await;
     let faults = subscribe_faults(&server, "spin").await;
     assert_fault_logged(&server, "spin", "authorize-subscribe", "time limit").await;
@@ -45,7 +45,7 @@ async fn spin_is_stopped_by_the_cpu_deadline_and_the_broker_carries_on() {
 
 #[tokio::test]
 async fn hog_is_stopped_by_the_memory_cap_and_the_broker_stays_small() {
-    let dir = PluginsDir::new();
+    let dir = plugins_dir();
     let server = start(&dir).await;
     let faults = subscribe_faults(&server, "hog").await;
     assert_fault_logged(&server, "hog", "authorize-subscribe", "memory").await;
@@ -55,7 +55,7 @@ async fn hog_is_stopped_by_the_memory_cap_and_the_broker_stays_small() {
 
 #[tokio::test]
 async fn panicky_publishes_are_refused_and_the_panic_message_is_logged() {
-    let dir = PluginsDir::new();
+    let dir = plugins_dir();
     let server = start(&dir).await;
     let faults = publish_faults(&server, "panicky").await;
     assert_fault_logged(&server, "panicky", "on-publish", "").await;
@@ -69,7 +69,7 @@ async fn panicky_publishes_are_refused_and_the_panic_message_is_logged() {
 
 #[tokio::test]
 async fn flood_answers_over_the_output_cap_are_refused() {
-    let dir = PluginsDir::new();
+    let dir = plugins_dir();
     let server = start(&dir).await;
     let faults = publish_faults(&server, "flood").await;
     assert_fault_logged(&server, "flood", "on-publish", "exceeds the limit").await;
@@ -78,7 +78,7 @@ async fn flood_answers_over_the_output_cap_are_refused() {
 
 #[tokio::test]
 async fn liar_filter_answers_that_are_not_json_skip_the_delivery() {
-    let dir = PluginsDir::new();
+    let dir = plugins_dir();
     let server = start(&dir).await;
     let (faults, calls) = filter_faults(&server).await;
     assert_fault_logged(&server, "liar", "filter", "not valid JSON").await;
@@ -100,7 +100,7 @@ async fn liar_filter_answers_that_are_not_json_skip_the_delivery() {
 /// that hurts the next plugin or `public`.
 #[tokio::test]
 async fn one_broker_survives_every_misbehaving_plugin_in_turn() {
-    let dir = PluginsDir::new();
+    let dir = plugins_dir();
     let server = start(&dir).await;
     let spin = subscribe_faults(&server, "spin").await;
     let hog = subscribe_faults(&server, "hog").await;
@@ -373,14 +373,14 @@ fn sample(text: &str, series: &str) -> u64 {
 
 /// After `hog` asked for 1 GiB, the broker process never held anything near it: its peak
 /// and current resident set stay under half a GiB.
-fn assert_broker_memory_well_below_1_gib(dir: &PluginsDir) {
+fn assert_broker_memory_well_below_1_gib(dir: &PluginDir) {
     const LIMIT_KIB: u64 = 512 * 1024;
     // The harness does not expose the child's pid; find the child of this test process
     // that serves this test's (unique) plugin directory.
-    let pid = broker_pid(&dir.path).unwrap_or_else(|| {
+    let pid = broker_pid(dir.path()).unwrap_or_else(|| {
         panic!(
             "no child process with STELLWERK_PLUGINS_DIR={}",
-            dir.path.display()
+            dir.path().display()
         )
     });
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -433,50 +433,13 @@ fn broker_pid(plugins_dir: &Path) -> Option<u32> {
 // ----- set-up ------------------------------------------------------------------------------
 
 /// A plugin directory of its own for one test: `public` plus every misbehaving plugin.
-/// Removed when dropped.
-struct PluginsDir {
-    path: PathBuf,
+fn plugins_dir() -> PluginDir {
+    PluginDir::with(&[&["public"][..], &MISBEHAVING[..]].concat())
 }
 
-impl PluginsDir {
-    fn new() -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "stellwerk-sandbox-{}-{}",
-            std::process::id(),
-            random_hex(6)
-        ));
-        std::fs::create_dir_all(&path).expect("create the plugin directory");
-        let dir = Self { path };
-        let public = default_plugins_dir().join("public.wasm");
-        dir.copy(&public);
-        let test_plugins = workspace_root().join("target").join("test-plugins");
-        for name in MISBEHAVING {
-            dir.copy(&test_plugins.join(format!("{name}.wasm")));
-        }
-        dir
-    }
-
-    fn copy(&self, wasm: &Path) {
-        assert!(
-            wasm.is_file(),
-            "{} is missing: run `cargo xtask build-plugins` first",
-            wasm.display()
-        );
-        let name = wasm.file_name().expect("a file name");
-        std::fs::copy(wasm, self.path.join(name))
-            .unwrap_or_else(|e| panic!("copy {}: {e}", wasm.display()));
-    }
-}
-
-impl Drop for PluginsDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-async fn start(dir: &PluginsDir) -> Server {
+async fn start(dir: &PluginDir) -> Server {
     let server = Server::builder()
-        .plugins_dir(&dir.path)
+        .plugins_dir(dir.path())
         .env("STELLWERK_ADMIN_TOKEN", ADMIN_TOKEN)
         .start()
         .await;

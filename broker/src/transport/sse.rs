@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -21,10 +21,10 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use crate::api::ApiError;
-use crate::auth::{self, Identity};
+use crate::auth;
 use crate::channel::ChannelName;
 use crate::engine::Position;
 use crate::hub::{self, CutOff, Push, Registration, Subscribed};
@@ -117,7 +117,9 @@ async fn open(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Respon
     if let Some(Err(error)) = &resume_from {
         tracing::debug!("sse resume refused: {error}");
     }
-    let expires = identity.as_ref().and_then(|i| expiry(i, app));
+    let expires = identity
+        .as_ref()
+        .and_then(|i| super::token_deadline(i, app.config.jwt.leeway_seconds));
     let (registration, queue) = app.hub.register(identity);
     let mut opened = Vec::with_capacity(channels.len());
     for channel in &channels {
@@ -234,20 +236,6 @@ async fn open(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Respon
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
-}
-
-/// When `identity`'s token stops being accepted: its `exp` plus the clock
-/// leeway the verifier grants (as on WebSocket), on the monotonic clock.
-/// `None` for a time the clock cannot represent: in practice, never.
-fn expiry(identity: &Identity, app: &AppState) -> Option<Instant> {
-    let leeway = app.config.jwt.leeway_seconds;
-    let end = UNIX_EPOCH.checked_add(Duration::from_secs(
-        identity.expires_at.saturating_add(leeway),
-    ))?;
-    let left = end
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    Instant::now().checked_add(left)
 }
 
 /// The live part of a stream: pushes until the client goes, or a final

@@ -2,7 +2,7 @@
 //! drains the connection's push queue, flushing once per batch.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -97,7 +97,9 @@ impl Session {
             Authenticated::Implicitly(identity) => (None, identity),
             Authenticated::ByConnect(id, identity) => (Some(id), Some(identity)),
         };
-        self.expires = identity.as_ref().and_then(|i| self.expiry(i));
+        self.expires = identity
+            .as_ref()
+            .and_then(|i| super::token_deadline(i, self.app.config.jwt.leeway_seconds));
         let (registration, mut queue) = self.app.hub.register(identity);
         let mut connect_answered = connect_id.is_some();
         if let Some(id) = connect_id {
@@ -430,7 +432,7 @@ impl Session {
             ));
         }
         let expires_at = identity.expires_at;
-        self.expires = self.expiry(&identity);
+        self.expires = super::token_deadline(&identity, self.app.config.jwt.leeway_seconds);
         registration.set_identity(identity);
         // Claims may have changed (a course dropped): subscriptions the new
         // token no longer allows end with an `unsubscribed` push.
@@ -443,21 +445,6 @@ impl Session {
             );
         }
         Ok(json!({"id": id, "type": "refreshed", "expires_at": expires_at}).to_string())
-    }
-
-    /// When `identity`'s token stops being accepted: its `exp` plus the
-    /// clock leeway the verifier grants, on the monotonic clock (so that a
-    /// wall-clock jump cannot end or prolong it). `None` when it lies beyond
-    /// what the clock can represent: in practice, never.
-    fn expiry(&self, identity: &Identity) -> Option<Instant> {
-        let leeway = self.app.config.jwt.leeway_seconds;
-        let end = UNIX_EPOCH.checked_add(Duration::from_secs(
-            identity.expires_at.saturating_add(leeway),
-        ))?;
-        let left = end
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        Instant::now().checked_add(left)
     }
 
     fn connected_reply(&self, id: u64, registration: &Registration) -> String {

@@ -8,11 +8,12 @@
 #![allow(dead_code)] // Each test file uses its own part of this.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use stellwerk_e2e::binary::{default_plugins_dir, workspace_root};
+use stellwerk_e2e::plugin_dir::component;
+pub(crate) use stellwerk_e2e::plugin_dir::PluginDir;
 use stellwerk_e2e::server::status_and_json;
 use stellwerk_e2e::{random_hex, Server};
 
@@ -21,25 +22,6 @@ pub(crate) const ADMIN_TOKEN: &str = "reload-admin-token";
 /// reloads take milliseconds, the watcher waits 150 ms for a burst to settle).
 pub(crate) const CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A built component: an example plugin or a test plugin.
-pub(crate) fn component(name: &str) -> PathBuf {
-    let example = default_plugins_dir().join(format!("{name}.wasm"));
-    let path = if example.is_file() {
-        example
-    } else {
-        workspace_root()
-            .join("target")
-            .join("test-plugins")
-            .join(format!("{name}.wasm"))
-    };
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo xtask build-plugins` first",
-        path.display()
-    );
-    path
-}
 
 pub(crate) fn bytes_of(name: &str) -> Vec<u8> {
     std::fs::read(component(name)).expect("read the component")
@@ -81,56 +63,35 @@ pub(crate) fn overwrite_in_place(file: &Path, bytes: &[u8], chunks: usize, pause
     }
 }
 
-/// A plugin directory that is removed when dropped.
-pub(crate) struct PluginDir {
-    path: PathBuf,
+/// A plugin directory of the test's own: `public.wasm` and `gate.wasm` (version 1.0.0), no
+/// sidecar.
+pub(crate) fn plugin_dir() -> PluginDir {
+    PluginDir::with(&["public", "gate"])
 }
 
-impl PluginDir {
-    /// `public.wasm` and `gate.wasm` (version 1.0.0), no sidecar.
-    pub(crate) fn new() -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "stellwerk-reload-{}-{}",
-            std::process::id(),
-            random_hex(6)
-        ));
-        std::fs::create_dir_all(&path).expect("create the plugin directory");
-        let dir = Self { path };
-        std::fs::copy(component("public"), dir.file("public.wasm")).expect("copy public");
-        std::fs::copy(component("gate"), dir.file("gate.wasm")).expect("copy gate");
-        dir
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub(crate) fn file(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-
+/// How an operator changes files in the plugin directory.
+pub(crate) trait Deploy {
     /// The recommended way: write a hidden temporary file in the same directory, then
     /// rename it over `name` (what `mv` does).
-    pub(crate) fn replace_atomically(&self, name: &str, bytes: &[u8]) {
+    fn replace_atomically(&self, name: &str, bytes: &[u8]);
+    /// Everything in the directory, hidden files included.
+    fn entries(&self) -> Vec<String>;
+}
+
+impl Deploy for PluginDir {
+    fn replace_atomically(&self, name: &str, bytes: &[u8]) {
         let temp = self.file(&format!(".{name}.tmp-{}", random_hex(4)));
         std::fs::write(&temp, bytes).expect("write temp file");
         std::fs::rename(&temp, self.file(name)).expect("rename into place");
     }
 
-    /// Everything in the directory, hidden files included.
-    pub(crate) fn entries(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.path)
+    fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path())
             .expect("list the plugin directory")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
         names
-    }
-}
-
-impl Drop for PluginDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
