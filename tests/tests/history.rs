@@ -295,7 +295,7 @@ async fn read_contiguous(ws: &mut WsClient, channel: &str, last: &mut u64, count
 
 #[tokio::test]
 async fn clients_recover_exactly_while_publishing_continues() {
-    const CLIENTS: usize = 20;
+    const CLIENTS: usize = 50;
     /// Upper bounds for the publisher, whatever happens to the clients.
     const MAX_MESSAGES: u64 = 5_000;
     let server = Arc::new(Server::start().await);
@@ -336,7 +336,7 @@ async fn clients_recover_exactly_while_publishing_continues() {
                 read_contiguous(&mut ws, channel, &mut last, 5).await;
                 ws.close().await;
                 // Away for a while, so that messages are missed.
-                tokio::time::sleep(Duration::from_millis(20 + 5 * i as u64)).await;
+                tokio::time::sleep(Duration::from_millis(20 + 3 * i as u64)).await;
 
                 let mut ws = server.ws(&format!("/ws?token={token}")).await;
                 let reply = ws
