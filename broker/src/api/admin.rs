@@ -16,8 +16,8 @@ use axum::Json;
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
+use super::access::check_admin_token;
 use super::ApiError;
-use crate::auth::{self, ApiKey};
 use crate::hub::Reauthorized;
 use crate::plugins::{Change, HookCounts, PluginStatus, ReloadError};
 use crate::protocol::ErrorCode;
@@ -28,7 +28,7 @@ pub(crate) async fn list(
     State(app): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    check_admin_token(&app, &headers)?;
+    check_admin_token(&app, &headers, "the admin API")?;
     let plugins: Vec<Value> = app.plugins.list().await.iter().map(status_json).collect();
     Ok(Json(json!({ "plugins": plugins })))
 }
@@ -39,7 +39,7 @@ pub(crate) async fn reload_all(
     State(app): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    check_admin_token(&app, &headers)?;
+    check_admin_token(&app, &headers, "the admin API")?;
     let results: Vec<Value> = app
         .plugins
         .reload_all()
@@ -61,7 +61,7 @@ pub(crate) async fn reload(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    check_admin_token(&app, &headers)?;
+    check_admin_token(&app, &headers, "the admin API")?;
     let change = app.plugins.reload(&name).await?;
     Ok(Json(change_json(&change)))
 }
@@ -75,7 +75,7 @@ pub(crate) async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(refusal) = check_admin_token(&app, &headers) {
+    if let Err(refusal) = check_admin_token(&app, &headers, "the admin API") {
         // The body stays unread, so this connection cannot carry another request: say so,
         // or the client's pool reuses it and its next request fails.
         let mut response = refusal.into_response();
@@ -154,25 +154,9 @@ pub(crate) async fn remove(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    check_admin_token(&app, &headers)?;
+    check_admin_token(&app, &headers, "the admin API")?;
     let change = app.plugins.remove(&name).await?;
     Ok(Json(change_json(&change)))
-}
-
-fn check_admin_token(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(admin_token) = app.config.admin_token.as_deref() else {
-        return Err(ApiError::new(
-            ErrorCode::NotFound,
-            "the admin API is off: configure admin_token (STELLWERK_ADMIN_TOKEN) to enable it",
-        ));
-    };
-    match auth::bearer_token(headers) {
-        Some(presented) if ApiKey::new(admin_token).matches(presented) => Ok(()),
-        _ => Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "the admin API needs `Authorization: Bearer <admin token>`",
-        )),
-    }
 }
 
 impl From<ReloadError> for ApiError {

@@ -8,7 +8,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::publish::check_api_key;
+use super::access::check_api_key;
 use super::ApiError;
 use crate::channel::MAX_CHANNEL_LEN;
 use crate::hub;

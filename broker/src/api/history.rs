@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::publish::check_api_key;
+use super::access::check_api_key;
 use super::ApiError;
 use crate::hub;
 use crate::protocol;

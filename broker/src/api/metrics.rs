@@ -6,32 +6,17 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 
+use super::access::check_admin_token;
 use super::ApiError;
-use crate::auth::{self, ApiKey};
 use crate::metrics::{label, Exposition};
 use crate::plugins::HookCounts;
-use crate::protocol::ErrorCode;
 use crate::server::AppState;
 
 pub(crate) async fn metrics(
     State(app): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(admin_token) = app.config.admin_token.as_deref() else {
-        return Err(ApiError::new(
-            ErrorCode::NotFound,
-            "metrics are off: configure admin_token (STELLWERK_ADMIN_TOKEN) to enable them",
-        ));
-    };
-    match auth::bearer_token(&headers) {
-        Some(presented) if ApiKey::new(admin_token).matches(presented) => {}
-        _ => {
-            return Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                "metrics need `Authorization: Bearer <admin token>`",
-            ))
-        }
-    }
+    check_admin_token(&app, &headers, "`/metrics`")?;
     Ok(open_metrics(State(app)).await)
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP API for Stud.IP's PHP (`/api/*`, behind the API key), the open
 //! health endpoints, and `/metrics` and `/admin/*` (behind the admin token).
 
+mod access;
 pub(crate) mod admin;
 mod channels;
 mod error;

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::access::check_api_key;
 use super::ApiError;
-use crate::auth;
 use crate::hub;
 use crate::plugins::PublishSource;
 use crate::protocol::ErrorCode;
@@ -68,15 +68,4 @@ pub(crate) async fn publish(
         })
         .collect();
     Ok(Json(json!({ "results": results })))
-}
-
-pub(super) fn check_api_key(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match auth::bearer_token(headers) {
-        Some(presented) if app.api_key.matches(presented) => Ok(()),
-        Some(_) => Err(ApiError::new(ErrorCode::Unauthorized, "wrong API key")),
-        None => Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "missing API key (`Authorization: Bearer <api key>`)",
-        )),
-    }
 }

@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::publish::check_api_key;
+use super::access::check_api_key;
 use super::ApiError;
 use crate::server::AppState;
 
