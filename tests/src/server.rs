@@ -357,6 +357,21 @@ impl Server {
         result
     }
 
+    /// `POST /api/users/{user}/disconnect` with the API key, as Stud.IP does on logout;
+    /// fails the test unless the broker answers 200. Returns the body.
+    pub async fn disconnect_user(&self, user: &str) -> Value {
+        let resp = self
+            .http
+            .post(self.http_url(&format!("/api/users/{user}/disconnect")))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .expect("POST /api/users/{user}/disconnect");
+        let (status, body) = status_and_json(resp).await;
+        assert_eq!(status, 200, "disconnect {user}: {body}");
+        body
+    }
+
     /// `POST /api/publish` with any body and any (or no) API key; no `Content-Type`, as PHP's
     /// curl often sends it.
     pub async fn publish_raw(

@@ -353,13 +353,7 @@ async fn a_user_disconnected_by_stud_ip_leaves_once_and_every_tab_closes_with_40
         [("join".to_owned(), ADA.to_owned())]
     );
 
-    let resp = reqwest::Client::new()
-        .post(server.http_url(&format!("/api/users/{ADA}/disconnect")))
-        .bearer_auth(server.api_key())
-        .send()
-        .await
-        .expect("POST disconnect");
-    assert_eq!(resp.status().as_u16(), 200);
+    server.disconnect_user(ADA).await;
     for tab in &mut tabs {
         let (code, _reason) = tab.expect_close().await;
         assert_eq!(code, 4003);

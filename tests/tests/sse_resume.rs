@@ -520,13 +520,7 @@ async fn disconnecting_the_user_ends_the_stream_with_a_disconnect_event() {
     let token = server.token(ADA);
     let mut sse = open(&server, &query(&[USER], &token), None).await;
     read_subscribed(&mut sse, &[USER]).await;
-    let resp = reqwest::Client::new()
-        .post(server.http_url(&format!("/api/users/{ADA}/disconnect")))
-        .bearer_auth(server.api_key())
-        .send()
-        .await
-        .expect("POST disconnect");
-    assert_eq!(resp.status().as_u16(), 200);
+    server.disconnect_user(ADA).await;
     let data = expect_disconnect(&mut sse).await;
     assert_eq!(data["type"], "disconnect", "{data}");
     assert_eq!(data["code"], 4003, "{data}");
