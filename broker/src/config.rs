@@ -148,6 +148,12 @@ pub struct EngineConfig {
     pub max_history_size: u32,
     /// Cap on how long a message is kept, whatever the plugin asks for.
     pub max_history_age_seconds: u64,
+    /// A channel without subscribers and without history is forgotten (its epoch too) this
+    /// long after its last use, plus at most one sweep (half of it, at most 15 s).
+    pub channel_idle_seconds: u64,
+    /// What all channels' history may hold together, in bytes (message data plus a fixed
+    /// overhead per message); above it the oldest messages of all channels are dropped.
+    pub max_history_bytes: u64,
 }
 
 /// The engine implementations.
@@ -248,6 +254,8 @@ impl Default for EngineConfig {
             kind: EngineKind::Memory,
             max_history_size: 10_000,
             max_history_age_seconds: 7 * 24 * 3600,
+            channel_idle_seconds: 30,
+            max_history_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -508,6 +516,17 @@ impl Config {
             (("sse", "keepalive_seconds"), self.sse.keepalive_seconds),
         ];
         for (key, value) in must_be_positive {
+            if value == 0 {
+                return Err(Problem::new(&[key], "must be greater than 0"));
+            }
+        }
+        for (key, value) in [
+            (
+                ("engine", "channel_idle_seconds"),
+                self.engine.channel_idle_seconds,
+            ),
+            (("engine", "max_history_bytes"), self.engine.max_history_bytes),
+        ] {
             if value == 0 {
                 return Err(Problem::new(&[key], "must be greater than 0"));
             }
@@ -991,6 +1010,8 @@ mod tests {
         assert_eq!(config.sse.keepalive_seconds, 15);
         assert_eq!(config.sse.retry_ms, 3000);
         assert_eq!(config.engine.kind, EngineKind::Memory);
+        assert_eq!(config.engine.channel_idle_seconds, 30);
+        assert_eq!(config.engine.max_history_bytes, 256 << 20);
     }
 
     #[test]
@@ -1051,8 +1072,12 @@ kind = "memory"
             ("STELLWERK_ALLOW_ANONYMOUS", "yes"),
             ("STELLWERK_JWT_PUBLIC_KEY_FILE", "/keys/pub.pem"),
             ("STELLWERK_ENGINE_KIND", "memory"),
+            ("STELLWERK_ENGINE_CHANNEL_IDLE_SECONDS", "2"),
+            ("STELLWERK_ENGINE_MAX_HISTORY_BYTES", "65536"),
         ])
         .unwrap();
+        assert_eq!(config.engine.channel_idle_seconds, 2);
+        assert_eq!(config.engine.max_history_bytes, 65536);
         assert_eq!(config.limits.max_frame_bytes, 2048);
         assert_eq!(config.websocket.ping_interval_seconds, 5);
         assert!(config.allow_anonymous);
@@ -1211,6 +1236,13 @@ kind = "memory"
         assert_eq!(
             message,
             "STELLWERK_LIMITS_QUEUE_CAPACITY: limits.queue_capacity must be greater than 0"
+        );
+        let message = load_env(&[("STELLWERK_ENGINE_MAX_HISTORY_BYTES", "0")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "STELLWERK_ENGINE_MAX_HISTORY_BYTES: engine.max_history_bytes must be greater than 0"
         );
 
         let file = TempFile::new("[limits]\nmax_frame_bytes = 512\n");

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::auth::{ApiKey, AuthError, TokenVerifier};
 use crate::config::Config;
-use crate::engine::{Engine, HistoryPolicy, MemoryEngine};
+use crate::engine::{Engine, HistoryPolicy, Lifetimes, MemoryEngine};
 use crate::hub::{Hub, HubLimits};
 use crate::plugins::{LiveRegistry, PluginError, PluginLimits, Registry, Reloader};
 use crate::{api, plugins, transport};
@@ -110,7 +110,15 @@ pub async fn run(
                 ttl: Duration::from_secs(config.engine.max_history_age_seconds),
             },
         },
-        |sink| -> Arc<dyn Engine> { Arc::new(MemoryEngine::new(sink)) },
+        |sink| -> Arc<dyn Engine> {
+            MemoryEngine::start(
+                sink,
+                Lifetimes {
+                    channel_idle: Duration::from_secs(config.engine.channel_idle_seconds),
+                    max_history_bytes: config.engine.max_history_bytes,
+                },
+            )
+        },
     );
     let plugins = Reloader::new(config.plugins.dir.clone(), limits, hub.clone());
     // Held until the server stops: dropping it ends the watch.

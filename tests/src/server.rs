@@ -272,6 +272,11 @@ impl Server {
         self.addr
     }
 
+    /// The broker's process id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn api_key(&self) -> &str {
         &self.api_key
     }

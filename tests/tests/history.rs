@@ -97,16 +97,27 @@ async fn history_returns_the_latest_messages_oldest_first_within_the_history_siz
         .await;
     assert_eq!(offsets(&since["messages"]), vec![118, 119, 120]);
 
+    // Reading a channel the broker holds nothing for creates nothing: empty, with a fresh
+    // epoch no message carries, so recovering from it is (honestly) not recovered.
     let untouched = ws
         .request(json!({"type": "history", "channel": "public:quiet"}))
         .await;
     assert_eq!(untouched["type"], "history", "{untouched}");
     assert_eq!(untouched["messages"], json!([]));
+    assert!(untouched["epoch"].is_string(), "{untouched}");
     let subscribed = ws
-        .request(json!({"type": "subscribe", "channel": "public:quiet"}))
+        .request(json!({"type": "subscribe", "channel": "public:quiet",
+                        "recover": {"epoch": untouched["epoch"], "offset": 0}}))
+        .await;
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    assert_eq!(subscribed["recovered"], false, "{subscribed}");
+    assert_ne!(subscribed["epoch"], untouched["epoch"], "{subscribed}");
+    // Held now (it has a subscriber): history reports the subscription's epoch.
+    let held = ws
+        .request(json!({"type": "history", "channel": "public:quiet"}))
         .await;
     assert_eq!(
-        subscribed["epoch"], untouched["epoch"],
+        held["epoch"], subscribed["epoch"],
         "history and subscribe report the same epoch"
     );
 }

@@ -34,6 +34,7 @@ pub(crate) async fn open_metrics(State(app): State<AppState>) -> Response {
 
 fn render(app: &AppState) -> String {
     let hub = app.hub.stats();
+    let engine = app.hub.engine_stats();
     let mut e = Exposition::default();
     for (name, kind, help, value) in [
         (
@@ -71,6 +72,30 @@ fn render(app: &AppState) -> String {
             "counter",
             "Connections cut off because their queue overflowed.",
             hub.cut_offs,
+        ),
+        (
+            "stellwerk_engine_channels",
+            "gauge",
+            "Channels whose epoch, offset and history the engine holds.",
+            engine.channels,
+        ),
+        (
+            "stellwerk_history_messages",
+            "gauge",
+            "Messages kept in history over all channels.",
+            engine.history_messages,
+        ),
+        (
+            "stellwerk_history_bytes",
+            "gauge",
+            "Bytes of history as engine.max_history_bytes counts them.",
+            engine.history_bytes,
+        ),
+        (
+            "stellwerk_history_evicted_total",
+            "counter",
+            "Messages dropped, oldest first, to stay within engine.max_history_bytes.",
+            engine.history_evicted,
         ),
     ] {
         e.family(name, kind, help);

@@ -5,6 +5,11 @@
 //! engine can sit beside [`MemoryEngine`] without the hub changing. An engine
 //! hands every publication, in offset order per channel, to its [`Sink`] (the
 //! hub), whichever node it was published on.
+//!
+//! The hub tells the engine when each of its subscriptions of a channel
+//! starts ([`Engine::attach`]) and ends ([`Engine::detach`]), so that an
+//! engine can free what nobody uses (and a Redis engine can subscribe a node
+//! to a channel only while it has local subscribers).
 
 mod memory;
 
@@ -15,7 +20,7 @@ use std::time::Duration;
 
 use crate::channel::ChannelName;
 
-pub(crate) use memory::MemoryEngine;
+pub(crate) use memory::{Lifetimes, MemoryEngine};
 
 /// A channel's position: the stream generation and the latest offset in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +65,19 @@ pub(crate) struct Attached {
     pub(crate) missed: Option<Vec<Stored>>,
 }
 
+/// What an engine holds, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct EngineStats {
+    /// Channels whose state (epoch, offset, history) is held.
+    pub(crate) channels: u64,
+    /// Messages kept in history over all channels.
+    pub(crate) history_messages: u64,
+    /// What they cost, as the history budget counts it.
+    pub(crate) history_bytes: u64,
+    /// Messages dropped to stay within the history budget, ever.
+    pub(crate) history_evicted: u64,
+}
+
 /// Receives every publication, in offset order per channel.
 pub(crate) trait Sink: Send + Sync {
     fn deliver(&self, publication: &Publication);
@@ -98,6 +116,9 @@ pub(crate) trait Engine: Send + Sync {
     /// messages are exactly contiguous. All of them or none: if the epoch
     /// differs or history (per `history`) no longer covers the next offset,
     /// `missed` is `None`.
+    ///
+    /// On success the subscription counts for the channel (keeping it
+    /// alive) until the hub calls [`Engine::detach`] for it, once.
     fn attach<'a>(
         &'a self,
         channel: &'a ChannelName,
@@ -106,8 +127,14 @@ pub(crate) trait Engine: Send + Sync {
         attach: Attach<'a>,
     ) -> EngineFuture<'a, Attached>;
 
+    /// Ends one subscription that [`Engine::attach`] counted. Never blocks:
+    /// the hub calls it while a connection is being dropped.
+    fn detach(&self, channel: &ChannelName);
+
     /// The channel's epoch and its latest `limit` kept messages with an
-    /// offset greater than `since`, oldest first.
+    /// offset greater than `since`, oldest first. Creates nothing: for a
+    /// channel the engine holds no state of, an empty list and a fresh epoch
+    /// that no message carries (so a recovery from it is not recovered).
     fn history<'a>(
         &'a self,
         channel: &'a ChannelName,
@@ -115,4 +142,7 @@ pub(crate) trait Engine: Send + Sync {
         since: Option<u64>,
         history: HistoryPolicy,
     ) -> EngineFuture<'a, (Arc<str>, Vec<Stored>)>;
+
+    /// What the engine holds now.
+    fn stats(&self) -> EngineStats;
 }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::auth::Identity;
 use crate::channel::ChannelName;
-use crate::engine::{Engine, HistoryPolicy, Position, Publication, Sink, Stored};
+use crate::engine::{Engine, EngineStats, HistoryPolicy, Position, Publication, Sink, Stored};
 use crate::plugins::{
     Delivery, Governor, LiveRegistry, PublishSource, PublishVerdict, SubscribeVerdict,
 };
@@ -284,6 +284,11 @@ impl Hub {
         }
     }
 
+    /// What the engine holds (channels, history), for `/metrics`.
+    pub(crate) fn engine_stats(&self) -> EngineStats {
+        self.inner.engine.stats()
+    }
+
     /// Registers an authenticated (or anonymous) connection. Its pushes
     /// arrive on the returned receiver; dropping the registration ends all
     /// its subscriptions.
@@ -362,6 +367,7 @@ impl Hub {
             });
         let attach_to = connection.clone();
         let subscriber_audience = audience.clone();
+        let mut replaced = false;
         let attached = self
             .inner
             .engine
@@ -373,6 +379,7 @@ impl Hub {
                     let mut shard = self.inner.shard(channel);
                     let subscribers = shard.entry(channel.clone()).or_default();
                     let joiner = attach_to.id;
+                    replaced = subscribers.by_connection.contains_key(&joiner);
                     if let Some(join) =
                         subscribers.insert(channel, attach_to, subscriber_audience, membership)
                     {
@@ -382,6 +389,10 @@ impl Hub {
             )
             .await
             .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+        if replaced {
+            // One subscription, counted twice by the engine.
+            self.inner.engine.detach(channel);
+        }
         lock(&connection.channels).insert(channel.clone());
         // A reload may have swapped the plugin after we asked the old version,
         // and its re-check may have run before this subscription existed:
@@ -747,14 +758,22 @@ impl Inner {
     }
 
     fn detach(&self, channel: &ChannelName, connection: u64) {
-        let mut shard = self.shard(channel);
-        if let Some(subscribers) = shard.get_mut(channel) {
-            if let Some(leave) = subscribers.remove(channel, connection) {
-                self.announce(subscribers, &leave, connection);
+        let mut removed = false;
+        {
+            let mut shard = self.shard(channel);
+            if let Some(subscribers) = shard.get_mut(channel) {
+                removed = subscribers.by_connection.contains_key(&connection);
+                if let Some(leave) = subscribers.remove(channel, connection) {
+                    self.announce(subscribers, &leave, connection);
+                }
+                if subscribers.is_empty() {
+                    shard.remove(channel);
+                }
             }
-            if subscribers.is_empty() {
-                shard.remove(channel);
-            }
+        }
+        // After the hub's lock is released: the engine locks first on attach.
+        if removed {
+            self.engine.detach(channel);
         }
     }
 
