@@ -108,6 +108,9 @@ pub struct LimitsConfig {
     pub max_publish_bytes: usize,
     /// Outbound queue per connection, in messages; overflow cuts the slow consumer off.
     pub queue_capacity: usize,
+    /// Outbound queue per connection, in bytes of queued frames; overflow cuts the slow
+    /// consumer off like `queue_capacity` does. A push always fits into an empty queue.
+    pub queue_max_bytes: usize,
     /// Channels one connection or SSE stream may subscribe to.
     pub max_subscriptions_per_connection: usize,
 }
@@ -120,8 +123,12 @@ pub struct WebSocketConfig {
     pub ping_interval_seconds: u64,
     /// Close (4002) when no pong arrived for this long.
     pub pong_timeout_seconds: u64,
-    /// Close (4001) when no successful `connect` arrived for this long.
+    /// Close (4001) when no successful `connect` arrived for this long: one deadline for
+    /// the whole unauthenticated phase, its reads and its writes.
     pub connect_timeout_seconds: u64,
+    /// Drop the connection when one write (a frame, or the flush) makes no progress for
+    /// this long: the peer stopped reading.
+    pub write_timeout_seconds: u64,
     /// Read buffer per connection; small buffers keep idle connections cheap.
     pub read_buffer_bytes: usize,
     /// Write buffer per connection.
@@ -222,6 +229,9 @@ impl Default for LimitsConfig {
             max_frame_bytes: 64 * 1024,
             max_publish_bytes: 1024 * 1024,
             queue_capacity: 1024,
+            // Eight of the largest publishes (`max_publish_bytes`): never reached by a
+            // client that reads.
+            queue_max_bytes: 8 * 1024 * 1024,
             max_subscriptions_per_connection: 128,
         }
     }
@@ -233,6 +243,7 @@ impl Default for WebSocketConfig {
             ping_interval_seconds: 25,
             pong_timeout_seconds: 60,
             connect_timeout_seconds: 10,
+            write_timeout_seconds: 10,
             read_buffer_bytes: 1024,
             write_buffer_bytes: 4096,
         }
@@ -471,7 +482,7 @@ impl Config {
         if self.plugins.dir.as_os_str().is_empty() {
             return Err(Problem::new(&[("plugins", "dir")], "must not be empty"));
         }
-        let must_be_positive: [((&str, &str), u64); 12] = [
+        let must_be_positive: [((&str, &str), u64); 14] = [
             (("plugins", "call_timeout_ms"), self.plugins.call_timeout_ms),
             (
                 ("plugins", "memory_limit_bytes"),
@@ -494,6 +505,10 @@ impl Config {
                 self.limits.queue_capacity as u64,
             ),
             (
+                ("limits", "queue_max_bytes"),
+                self.limits.queue_max_bytes as u64,
+            ),
+            (
                 ("limits", "max_subscriptions_per_connection"),
                 self.limits.max_subscriptions_per_connection as u64,
             ),
@@ -508,6 +523,10 @@ impl Config {
             (
                 ("websocket", "connect_timeout_seconds"),
                 self.websocket.connect_timeout_seconds,
+            ),
+            (
+                ("websocket", "write_timeout_seconds"),
+                self.websocket.write_timeout_seconds,
             ),
             (
                 ("websocket", "read_buffer_bytes"),
@@ -1005,6 +1024,8 @@ mod tests {
         assert_eq!(config.websocket.ping_interval_seconds, 25);
         assert_eq!(config.websocket.pong_timeout_seconds, 60);
         assert_eq!(config.websocket.connect_timeout_seconds, 10);
+        assert_eq!(config.websocket.write_timeout_seconds, 10);
+        assert_eq!(config.limits.queue_max_bytes, 8 * 1024 * 1024);
         assert_eq!(config.websocket.read_buffer_bytes, 1024);
         assert_eq!(config.websocket.write_buffer_bytes, 4096);
         assert_eq!(config.sse.keepalive_seconds, 15);

@@ -104,6 +104,7 @@ pub async fn run(
         Arc::new(LiveRegistry::new(registry)),
         HubLimits {
             queue_capacity: config.limits.queue_capacity,
+            queue_max_bytes: config.limits.queue_max_bytes,
             max_subscriptions: config.limits.max_subscriptions_per_connection,
             max_history: HistoryPolicy {
                 size: config.engine.max_history_size as usize,

@@ -73,6 +73,11 @@ pub(crate) struct MemoryEngine {
     next_log: AtomicU64,
     /// Messages dropped to stay within the byte budget.
     evicted: AtomicU64,
+    /// Per shard, detaches that found the shard locked. The hub may detach
+    /// while a publication of the same shard is being delivered (a slow
+    /// consumer cut off from inside `Sink::deliver`), so `detach` must never
+    /// wait for the shard; whoever locks it next applies these.
+    deferred: Box<[Mutex<Vec<ChannelName>>]>,
 }
 
 #[derive(Default)]
@@ -346,6 +351,7 @@ impl MemoryEngine {
             channels: AtomicU64::new(0),
             next_log: AtomicU64::new(1),
             evicted: AtomicU64::new(0),
+            deferred: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 
@@ -366,9 +372,32 @@ impl MemoryEngine {
         engine
     }
 
+    fn shard_index(&self, channel: &ChannelName) -> usize {
+        self.hasher.hash_one(channel) as usize % self.shards.len()
+    }
+
     fn shard(&self, channel: &ChannelName) -> MutexGuard<'_, Shard> {
-        let i = self.hasher.hash_one(channel) as usize % self.shards.len();
-        lock(&self.shards[i])
+        self.lock_shard(self.shard_index(channel))
+    }
+
+    /// Locks shard `i` and applies the detaches deferred while it was busy.
+    fn lock_shard(&self, i: usize) -> MutexGuard<'_, Shard> {
+        let mut shard = lock(&self.shards[i]);
+        let deferred = std::mem::take(&mut *lock(&self.deferred[i]));
+        if !deferred.is_empty() {
+            let now = Instant::now();
+            for channel in &deferred {
+                Self::apply_detach(&mut shard, channel, now);
+            }
+        }
+        shard
+    }
+
+    fn apply_detach(shard: &mut Shard, channel: &ChannelName, now: Instant) {
+        if let Some(log) = shard.logs.get_mut(channel) {
+            log.subscribers = log.subscribers.saturating_sub(1);
+            log.used = now;
+        }
     }
 
     /// The channel's log, created if there is none.
@@ -482,12 +511,18 @@ impl MemoryEngine {
         Attached { position, missed }
     }
 
+    /// Never waits for the shard (see `deferred`): a count that stays high
+    /// for a moment only keeps a channel a little longer.
     fn detach_now(&self, channel: &ChannelName) {
-        let now = Instant::now();
-        let mut shard = self.shard(channel);
-        if let Some(log) = shard.logs.get_mut(channel) {
-            log.subscribers = log.subscribers.saturating_sub(1);
-            log.used = now;
+        let i = self.shard_index(channel);
+        match self.shards[i].try_lock() {
+            Ok(mut shard) => Self::apply_detach(&mut shard, channel, Instant::now()),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                Self::apply_detach(&mut poisoned.into_inner(), channel, Instant::now());
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                lock(&self.deferred[i]).push(channel.clone());
+            }
         }
     }
 
@@ -522,21 +557,21 @@ impl MemoryEngine {
     /// One round of the sweeper: expires history and frees idle logs, a
     /// batch of channels per shard lock, yielding in between.
     pub(crate) async fn sweep(&self) {
-        for shard in self.shards.iter() {
-            let mut left = lock(shard).rota.len();
+        for i in 0..self.shards.len() {
+            let mut left = self.lock_shard(i).rota.len();
             while left > 0 {
                 let batch = left.min(SWEEP_BATCH);
-                self.sweep_batch(shard, batch);
+                self.sweep_batch(i, batch);
                 left -= batch;
                 tokio::task::yield_now().await;
             }
         }
     }
 
-    fn sweep_batch(&self, shard: &Mutex<Shard>, batch: usize) {
+    fn sweep_batch(&self, shard: usize, batch: usize) {
         let now = Instant::now();
         let idle = self.lifetimes.channel_idle;
-        let mut shard = lock(shard);
+        let mut shard = self.lock_shard(shard);
         let shard = &mut *shard;
         // Taken only once something has expired.
         let mut ages: Option<MutexGuard<'_, Ages>> = None;
@@ -995,6 +1030,38 @@ mod tests {
             .unwrap();
         let stats = engine.stats();
         assert_eq!((stats.history_messages, stats.history_bytes), (0, 0));
+    }
+
+    /// A sink that, like the hub cutting off a slow consumer, detaches
+    /// from the channel it is being handed a publication of.
+    #[derive(Default)]
+    struct DetachingSink(std::sync::OnceLock<Weak<MemoryEngine>>);
+    impl Sink for DetachingSink {
+        fn deliver(&self, p: &Publication) {
+            if let Some(engine) = self.0.get().and_then(Weak::upgrade) {
+                engine.detach(&p.channel);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn detaching_during_delivery_does_not_deadlock_and_is_applied_later() {
+        let sink = Arc::new(DetachingSink::default());
+        let dyn_sink: Arc<dyn Sink> = sink.clone();
+        let engine = Arc::new(MemoryEngine::new(
+            Arc::downgrade(&dyn_sink),
+            lifetimes(u64::MAX),
+        ));
+        sink.0.set(Arc::downgrade(&engine)).ok().unwrap();
+        let a = channel("public:cut-while-delivering");
+        attach(&engine, &a).await;
+        assert_eq!(subscribers(&engine, &a), Some(1));
+        // Delivered under the shard lock; the detach inside must not wait for it.
+        engine
+            .publish(&a, Arc::from("1"), policy(10))
+            .await
+            .unwrap();
+        assert_eq!(subscribers(&engine, &a), Some(0), "applied on the next lock");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! published, hands publications to the engine, and receives them back (as the
 //! engine's [`Sink`]) to fan them out. Each publication is serialised once into
 //! a shared [`Push`]; every subscriber's bounded queue gets a pointer to it. A
-//! subscriber whose queue is full is cut off, never waited for.
+//! subscriber whose queue is full (in pushes or in bytes) is cut off, never
+//! waited for: cutting a connection off detaches it from every channel at
+//! once, whatever its transport is doing, so nothing more is queued to it.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -95,6 +97,9 @@ impl CutOff {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HubLimits {
     pub(crate) queue_capacity: usize,
+    /// Bytes of pushes (frame lengths) one queue may hold; a push always
+    /// fits into an empty queue.
+    pub(crate) queue_max_bytes: usize,
     pub(crate) max_subscriptions: usize,
     /// The most history any channel keeps, whatever its plugin asks for.
     pub(crate) max_history: HistoryPolicy,
@@ -107,9 +112,21 @@ pub(crate) struct Connection {
     /// Replaced by a WebSocket `refresh` (same user, new claims and expiry).
     identity: ArcSwapOption<Identity>,
     queue: mpsc::Sender<Arc<Push>>,
+    /// Frame bytes in `queue`, released as the transport takes them off.
+    queued_bytes: AtomicUsize,
     channels: Mutex<HashSet<ChannelName>>,
     cut_off: OnceLock<CutOff>,
     cut_off_signal: Notify,
+}
+
+/// What became of one push offered to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offered {
+    Queued,
+    /// The queue is full in pushes or in bytes: the connection must be cut off.
+    Overflowed,
+    /// Cut off already, or its transport is gone: nothing is queued.
+    Refused,
 }
 
 impl Connection {
@@ -138,6 +155,34 @@ impl Connection {
         }
     }
 
+    /// Why the hub cut this connection off, once it has.
+    pub(crate) fn cut_reason(&self) -> Option<CutOff> {
+        self.cut_off.get().copied()
+    }
+
+    /// Queues `push` unless that overflows the queue's count or byte bound.
+    fn offer(&self, push: &Arc<Push>, max_bytes: usize) -> Offered {
+        if self.cut_off.get().is_some() {
+            return Offered::Refused;
+        }
+        let len = push.frame.len();
+        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before + len > max_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            return Offered::Overflowed;
+        }
+        match self.queue.try_send(push.clone()) {
+            Ok(()) => Offered::Queued,
+            Err(error) => {
+                self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                match error {
+                    mpsc::error::TrySendError::Full(_) => Offered::Overflowed,
+                    mpsc::error::TrySendError::Closed(_) => Offered::Refused,
+                }
+            }
+        }
+    }
+
     /// True the first time only.
     fn cut(&self, reason: CutOff) -> bool {
         let first = self.cut_off.set(reason).is_ok();
@@ -149,6 +194,36 @@ impl Connection {
 
     fn is_subscribed(&self, channel: &ChannelName) -> bool {
         lock(&self.channels).contains(channel)
+    }
+}
+
+/// A connection's receiving end of its push queue. Taking a push off
+/// releases its bytes from the queue's byte bound.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    receiver: mpsc::Receiver<Arc<Push>>,
+    connection: Arc<Connection>,
+}
+
+impl Queue {
+    /// The next push; `None` once the hub dropped the connection. Cancel-safe.
+    pub(crate) async fn recv(&mut self) -> Option<Arc<Push>> {
+        let push = self.receiver.recv().await?;
+        self.release(&push);
+        Some(push)
+    }
+
+    /// The next push if one is queued right now.
+    pub(crate) fn try_recv(&mut self) -> Option<Arc<Push>> {
+        let push = self.receiver.try_recv().ok()?;
+        self.release(&push);
+        Some(push)
+    }
+
+    fn release(&self, push: &Push) {
+        self.connection
+            .queued_bytes
+            .fetch_sub(push.frame.len(), Ordering::Relaxed);
     }
 }
 
@@ -214,10 +289,9 @@ impl Drop for Registration {
                     }
                 }
             }
-            let channels: Vec<ChannelName> = lock(&self.connection.channels).drain().collect();
-            for channel in channels {
-                inner.detach(&channel, self.connection.id);
-            }
+            let mut overflowed = Vec::new();
+            inner.detach_all(&self.connection, &mut overflowed);
+            inner.cut_overflowed(overflowed);
         }
     }
 }
@@ -295,13 +369,14 @@ impl Hub {
     pub(crate) fn register(
         &self,
         identity: Option<Identity>,
-    ) -> (Registration, mpsc::Receiver<Arc<Push>>) {
+    ) -> (Registration, Queue) {
         let (queue, receiver) = mpsc::channel(self.inner.limits.queue_capacity);
         let user: Option<Arc<str>> = identity.as_ref().map(|i| Arc::from(i.user.as_str()));
         let connection = Arc::new(Connection {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             identity: ArcSwapOption::from_pointee(identity),
             queue,
+            queued_bytes: AtomicUsize::new(0),
             channels: Mutex::new(HashSet::new()),
             cut_off: OnceLock::new(),
             cut_off_signal: Notify::new(),
@@ -313,11 +388,15 @@ impl Hub {
                 .or_default()
                 .insert(connection.id, Arc::downgrade(&connection));
         }
+        let queue = Queue {
+            receiver,
+            connection: connection.clone(),
+        };
         let registration = Registration {
             connection,
             hub: Arc::downgrade(&self.inner),
         };
-        (registration, receiver)
+        (registration, queue)
     }
 
     /// Subscribes after the governing plugin allowed it. Returns the
@@ -368,6 +447,7 @@ impl Hub {
         let attach_to = connection.clone();
         let subscriber_audience = audience.clone();
         let mut replaced = false;
+        let mut overflowed = Vec::new();
         let attached = self
             .inner
             .engine
@@ -383,17 +463,37 @@ impl Hub {
                     if let Some(join) =
                         subscribers.insert(channel, attach_to, subscriber_audience, membership)
                     {
-                        self.inner.announce(subscribers, &join, joiner);
+                        self.inner
+                            .announce(subscribers, &join, joiner, &mut overflowed);
                     }
                 }),
             )
             .await
-            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()));
+        self.inner.cut_overflowed(overflowed);
+        let attached = attached?;
         if replaced {
             // One subscription, counted twice by the engine.
             self.inner.engine.detach(channel);
         }
-        lock(&connection.channels).insert(channel.clone());
+        // A cut-off empties `channels` after marking the connection, both
+        // under this lock: either it sees this channel, or we see the mark.
+        let live = {
+            let mut channels = lock(&connection.channels);
+            let live = connection.cut_reason().is_none();
+            if live {
+                channels.insert(channel.clone());
+            }
+            live
+        };
+        if !live {
+            self.inner.detach(channel, connection.id);
+            let reason = connection.cut_reason().map_or("", CutOff::reason);
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("the connection was cut off: {reason}"),
+            ));
+        }
         // A reload may have swapped the plugin after we asked the old version,
         // and its re-check may have run before this subscription existed:
         // ask the version in force now (a refusal arrives as `unsubscribed`).
@@ -588,15 +688,15 @@ impl Hub {
         channels
     }
 
-    /// Cuts off every connection of `user` (they close with a reason);
-    /// returns how many there were.
+    /// Cuts off every connection of `user`: each is detached from its
+    /// channels at once and closes with a reason. Returns how many there were.
     pub(crate) fn disconnect_user(&self, user: &str) -> usize {
         let connections: Vec<Arc<Connection>> = lock(&self.inner.users)
             .get(user)
             .map(|c| c.values().filter_map(Weak::upgrade).collect())
             .unwrap_or_default();
         for connection in &connections {
-            connection.cut(CutOff::Disconnected);
+            self.inner.cut(connection, CutOff::Disconnected);
         }
         connections.len()
     }
@@ -757,14 +857,31 @@ impl Inner {
         }
     }
 
+    /// Ends `connection`'s subscription to `channel` (the caller has taken
+    /// it out of the connection's own set); cuts off whoever overflows on
+    /// the `leave` push.
     fn detach(&self, channel: &ChannelName, connection: u64) {
+        let mut overflowed = Vec::new();
+        self.detach_collecting(channel, connection, &mut overflowed);
+        self.cut_overflowed(overflowed);
+    }
+
+    /// [`Self::detach`] without the cutting: connections that overflowed on
+    /// the `leave` push are added to `overflowed`, to be cut off once no
+    /// shard is locked.
+    fn detach_collecting(
+        &self,
+        channel: &ChannelName,
+        connection: u64,
+        overflowed: &mut Vec<Arc<Connection>>,
+    ) {
         let mut removed = false;
         {
             let mut shard = self.shard(channel);
             if let Some(subscribers) = shard.get_mut(channel) {
                 removed = subscribers.by_connection.contains_key(&connection);
                 if let Some(leave) = subscribers.remove(channel, connection) {
-                    self.announce(subscribers, &leave, connection);
+                    self.announce(subscribers, &leave, connection, overflowed);
                 }
                 if subscribers.is_empty() {
                     shard.remove(channel);
@@ -777,28 +894,65 @@ impl Inner {
         }
     }
 
-    /// Queues a presence push for every subscriber but `except` (the
-    /// connection that joined or left). Called under the shard lock, so
-    /// join and leave of one channel reach everybody in the same order.
-    fn announce(&self, subscribers: &Subscribers, push: &Arc<Push>, except: u64) {
-        for (id, subscriber) in &subscribers.by_connection {
-            if *id != except {
-                self.offer(&subscriber.connection, push);
+    /// Ends every subscription of `connection` (and with them its presence).
+    fn detach_all(&self, connection: &Connection, overflowed: &mut Vec<Arc<Connection>>) {
+        let channels: Vec<ChannelName> = lock(&connection.channels).drain().collect();
+        for channel in channels {
+            self.detach_collecting(&channel, connection.id, overflowed);
+        }
+    }
+
+    /// Cuts `connection` off: marks it (its transport closes with `reason`)
+    /// and detaches it from every channel right away, whether or not its
+    /// transport is stuck in a write. The `leave` pushes may overflow other
+    /// queues; those are cut off in turn (a work list, no recursion). Must
+    /// be called with no shard locked. False if it was cut off already.
+    fn cut(&self, connection: &Connection, reason: CutOff) -> bool {
+        if !self.mark(connection, reason) {
+            return false;
+        }
+        let mut overflowed = Vec::new();
+        self.detach_all(connection, &mut overflowed);
+        self.cut_overflowed(overflowed);
+        true
+    }
+
+    /// Cuts off slow consumers found under a shard lock, and any that
+    /// overflow on the `leave` pushes this causes.
+    fn cut_overflowed(&self, mut overflowed: Vec<Arc<Connection>>) {
+        while let Some(connection) = overflowed.pop() {
+            if self.mark(&connection, CutOff::SlowConsumer) {
+                self.detach_all(&connection, &mut overflowed);
             }
         }
     }
 
-    /// Queues `push` for `connection`; a full queue cuts it off.
-    fn offer(&self, connection: &Connection, push: &Arc<Push>) -> bool {
-        match connection.queue.try_send(push.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if connection.cut(CutOff::SlowConsumer) {
-                    self.cut_offs.fetch_add(1, Ordering::Relaxed);
+    fn mark(&self, connection: &Connection, reason: CutOff) -> bool {
+        let first = connection.cut(reason);
+        if first && reason == CutOff::SlowConsumer {
+            self.cut_offs.fetch_add(1, Ordering::Relaxed);
+        }
+        first
+    }
+
+    /// Queues a presence push for every subscriber but `except` (the
+    /// connection that joined or left). Called under the shard lock, so
+    /// join and leave of one channel reach everybody in the same order;
+    /// whoever overflows goes into `overflowed`.
+    fn announce(
+        &self,
+        subscribers: &Subscribers,
+        push: &Arc<Push>,
+        except: u64,
+        overflowed: &mut Vec<Arc<Connection>>,
+    ) {
+        for (id, subscriber) in &subscribers.by_connection {
+            if *id != except {
+                let connection = &subscriber.connection;
+                if connection.offer(push, self.limits.queue_max_bytes) == Offered::Overflowed {
+                    overflowed.push(connection.clone());
                 }
-                false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
@@ -840,7 +994,10 @@ impl Inner {
     fn evict(&self, connection: &Connection, channel: &ChannelName, reason: &str) {
         if lock(&connection.channels).remove(channel) {
             self.detach(channel, connection.id);
-            self.offer(connection, &unsubscribed_push(channel, reason));
+            let push = unsubscribed_push(channel, reason);
+            if connection.offer(&push, self.limits.queue_max_bytes) == Offered::Overflowed {
+                self.cut(connection, CutOff::SlowConsumer);
+            }
         }
     }
 }
@@ -904,19 +1061,17 @@ impl Sink for Inner {
                     },
                 };
                 let connection = &subscriber.connection;
-                match connection.queue.try_send(push.clone()) {
-                    Ok(()) => delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => overflowed.push(connection.clone()),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                match connection.offer(push, self.limits.queue_max_bytes) {
+                    Offered::Queued => delivered += 1,
+                    Offered::Overflowed => overflowed.push(connection.clone()),
+                    Offered::Refused => {}
                 }
             }
         }
         self.deliveries.fetch_add(delivered, Ordering::Relaxed);
-        for connection in overflowed {
-            if connection.cut(CutOff::SlowConsumer) {
-                self.cut_offs.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        // Detaching takes shard locks (never the engine's): safe here,
+        // under the engine's channel lock, once this shard is released.
+        self.cut_overflowed(overflowed);
     }
 }
 
@@ -951,3 +1106,6 @@ impl Push {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests;

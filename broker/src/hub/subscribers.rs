@@ -202,6 +202,7 @@ mod tests {
             id,
             identity: Default::default(),
             queue,
+            queued_bytes: Default::default(),
             channels: Mutex::new(HashSet::new()),
             cut_off: OnceLock::new(),
             cut_off_signal: Notify::new(),

@@ -20,14 +20,14 @@ use futures_util::stream::{self, Stream, StreamExt};
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use crate::api::ApiError;
 use crate::auth;
 use crate::channel::ChannelName;
 use crate::engine::Position;
-use crate::hub::{self, CutOff, Push, Registration, Subscribed};
+use crate::hub::{self, CutOff, Push, Queue, Registration, Subscribed};
 use crate::protocol::{self, ErrorCode, Refusal};
 use crate::server::AppState;
 
@@ -243,7 +243,7 @@ async fn open(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Respon
 /// server shuts down.
 struct Live {
     registration: Registration,
-    queue: mpsc::Receiver<Arc<Push>>,
+    queue: Queue,
     cursor: Cursor,
     shutdown: watch::Receiver<bool>,
     expiry: Option<Pin<Box<Sleep>>>,

@@ -1,6 +1,13 @@
 //! `GET /ws`: one task per connection reads commands, answers them and
 //! drains the connection's push queue, flushing once per batch.
+//!
+//! Every write is raced against what ends a session (the hub's cut-off,
+//! shutdown, token expiry, the pong deadline) and bounded by
+//! `websocket.write_timeout_seconds`, so a peer that stops reading at the
+//! TCP level cannot keep the task, or its queue, alive.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +17,11 @@ use axum::response::Response;
 use futures_util::SinkExt;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, MissedTickBehavior, Sleep};
 
 use crate::auth::Identity;
 use crate::engine::Position;
-use crate::hub::{self, CutOff, Push, Registration};
+use crate::hub::{self, CutOff, Push, Queue, Registration};
 use crate::plugins::PublishSource;
 use crate::protocol::{self, Command, CommandKind, ErrorCode, Recover, Refusal};
 use crate::server::AppState;
@@ -80,6 +86,74 @@ struct Session {
     expires: Option<Instant>,
 }
 
+/// What ends a session from outside its socket, whether or not a write is
+/// in flight.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Cut(CutOff),
+    Shutdown,
+    Expired,
+    NoPong,
+}
+
+/// Why a write did not complete.
+#[derive(Debug)]
+enum WriteError {
+    Socket(axum::Error),
+    /// A frame or the flush made no progress for `websocket.write_timeout_seconds`.
+    Stalled,
+}
+
+/// The session's stops: the hub's cut-off, shutdown, token expiry (armed
+/// while `armed` is `Some`) and the pong deadline. Pinned once per session.
+struct Stops<'a, C, S> {
+    cut_off: Pin<&'a mut C>,
+    shutting_down: Pin<&'a mut S>,
+    expiry: Pin<&'a mut Sleep>,
+    armed: Option<Instant>,
+    /// When the peer last sent anything (a pong, a command).
+    last_heard: Instant,
+    pong_timeout: Duration,
+}
+
+impl<C: Future<Output = CutOff>, S: Future> Stops<'_, C, S> {
+    /// The first stop to happen. The pong deadline is left to the ping
+    /// timer here, so that an idle turn of the loop arms no extra timer.
+    async fn next(&mut self) -> Stop {
+        tokio::select! {
+            biased;
+            reason = self.cut_off.as_mut() => Stop::Cut(reason),
+            _ = self.shutting_down.as_mut() => Stop::Shutdown,
+            () = self.expiry.as_mut(), if self.armed.is_some() => Stop::Expired,
+        }
+    }
+
+    /// Runs `write` unless a stop comes first; then the write is dropped
+    /// where it stands (a frame tungstenite accepted stays whole in its
+    /// buffer, ahead of the close frame). A write that completes at once
+    /// arms no timer.
+    async fn race<T>(&mut self, write: impl Future<Output = T>) -> Result<T, Stop> {
+        let pong_deadline = self.last_heard + self.pong_timeout;
+        tokio::select! {
+            biased;
+            done = write => Ok(done),
+            stop = self.next() => Err(stop),
+            // Made on first poll: a write that is ready at once costs no timer.
+            () = async { tokio::time::sleep_until(pong_deadline).await } => Err(Stop::NoPong),
+        }
+    }
+
+    /// Follows a `refresh`, which moves the token's end.
+    fn rearm(&mut self, expires: Option<Instant>) {
+        if expires != self.armed {
+            self.armed = expires;
+            if let Some(at) = expires {
+                self.expiry.as_mut().reset(at);
+            }
+        }
+    }
+}
+
 /// How the connection ended up authenticated.
 enum Authenticated {
     /// Through `?token=` or anonymously: `connect` has not been answered yet.
@@ -101,55 +175,50 @@ impl Session {
             .as_ref()
             .and_then(|i| super::token_deadline(i, self.app.config.jwt.leeway_seconds));
         let (registration, mut queue) = self.app.hub.register(identity);
-        let mut connect_answered = connect_id.is_some();
-        if let Some(id) = connect_id {
-            // The `connected` reply waits for the client id, given at registration.
-            let reply = self.connected_reply(id, &registration);
-            if self.send_text(reply).await.is_err() {
-                return;
-            }
-        }
         let ws = &self.app.config.websocket;
         let pong_timeout = Duration::from_secs(ws.pong_timeout_seconds);
         let mut ping = tokio::time::interval(Duration::from_secs(ws.ping_interval_seconds.max(1)));
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.reset();
-        let mut last_heard = Instant::now();
         let mut shutdown = self.app.shutdown.clone();
         // Pinned once: re-creating these per loop turn would register and
         // unregister a waiter (a mutex round trip) for every push written.
         let cut_off = registration.cut_off();
         let shutting_down = shutdown.changed();
-        // Armed while `armed` is `Some`; a `refresh` resets it in place.
-        let mut armed = self.expires;
-        let expiry = tokio::time::sleep_until(armed.unwrap_or_else(Instant::now));
+        let expiry = tokio::time::sleep_until(self.expires.unwrap_or_else(Instant::now));
         tokio::pin!(cut_off, shutting_down, expiry);
+        let mut stops = Stops {
+            cut_off,
+            shutting_down,
+            expiry,
+            armed: self.expires,
+            last_heard: Instant::now(),
+            pong_timeout,
+        };
+        let mut connect_answered = connect_id.is_some();
+        if let Some(id) = connect_id {
+            // The `connected` reply waits for the client id, given at registration.
+            let reply = self.connected_reply(id, &registration);
+            let sent = stops.race(self.send_text(reply)).await;
+            if !self.carry_on(sent, &registration).await {
+                return;
+            }
+        }
         loop {
-            tokio::select! {
+            // Every write below is raced against the stops, so that a peer
+            // that stopped reading cannot hold the session in a write.
+            let sent = tokio::select! {
                 biased;
-                reason = &mut cut_off => {
-                    let code = match reason {
-                        CutOff::SlowConsumer => close_code::SLOW_CONSUMER,
-                        CutOff::Disconnected => close_code::DISCONNECTED,
-                    };
-                    tracing::info!(connection = registration.id(), "cut off: {}", reason.reason());
-                    self.close(code, reason.reason()).await;
+                stop = stops.next() => {
+                    self.stop(stop, &registration).await;
                     return;
                 }
-                _ = &mut shutting_down => {
-                    self.close(close_code::GOING_AWAY, "server shutting down").await;
-                    return;
-                }
-                () = &mut expiry, if armed.is_some() => {
-                    tracing::info!(connection = registration.id(), "token expired");
-                    self.close(close_code::TOKEN_EXPIRED, "token expired").await;
-                    return;
-                }
-                push = queue.recv() => {
-                    let Some(push) = push else { return };
-                    if self.write_pushes(push, &mut queue).await.is_err() {
+                _ = ping.tick() => {
+                    if stops.last_heard.elapsed() > pong_timeout {
+                        self.stop(Stop::NoPong, &registration).await;
                         return;
                     }
+                    stops.race(self.send(Message::Ping(Default::default()))).await
                 }
                 frame = self.socket.recv() => {
                     let frame = match frame {
@@ -160,7 +229,7 @@ impl Session {
                             return;
                         }
                     };
-                    last_heard = Instant::now();
+                    stops.last_heard = Instant::now();
                     let reply = match frame {
                         Message::Text(text) => match Command::parse(&text) {
                             Ok(command) => self.handle(command, &registration, &mut connect_answered).await,
@@ -173,32 +242,86 @@ impl Session {
                         Message::Ping(_) | Message::Pong(_) => continue,
                         Message::Close(_) => return,
                     };
-                    if self.expires != armed {
-                        armed = self.expires;
-                        if let Some(at) = armed {
-                            expiry.as_mut().reset(at);
-                        }
-                    }
-                    if self.send_reply(reply).await.is_err() {
-                        return;
-                    }
+                    stops.rearm(self.expires);
+                    stops.race(self.send_reply(reply)).await
                 }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > pong_timeout {
-                        self.close(close_code::NO_PONG, "no pong: peer stopped answering").await;
-                        return;
-                    }
-                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
-                        return;
-                    }
+                push = queue.recv() => {
+                    let Some(push) = push else { return };
+                    stops.race(self.write_pushes(push, &mut queue)).await
                 }
+            };
+            if !self.carry_on(sent, &registration).await {
+                return;
             }
         }
     }
 
-    /// Waits for a valid token (URL or `connect`) or anonymous access. On
-    /// refusal the client has been told and the socket closed.
+    /// Whether the session goes on after a raced write; if not, the peer
+    /// has been told what it can still be told.
+    async fn carry_on(
+        &mut self,
+        sent: Result<Result<(), WriteError>, Stop>,
+        registration: &Registration,
+    ) -> bool {
+        match sent {
+            Ok(Ok(())) => true,
+            Ok(Err(WriteError::Socket(error))) => {
+                tracing::debug!(connection = registration.id(), "websocket write failed: {error}");
+                false
+            }
+            Ok(Err(WriteError::Stalled)) => {
+                // Nothing more can be written: no close handshake, just drop.
+                tracing::info!(
+                    connection = registration.id(),
+                    "write made no progress for {}s: connection dropped",
+                    self.app.config.websocket.write_timeout_seconds
+                );
+                false
+            }
+            Err(stop) => {
+                self.stop(stop, registration).await;
+                false
+            }
+        }
+    }
+
+    /// Ends the session for `stop`: the `disconnect` push and the close
+    /// frame, nothing else, within [`CLOSE_GRACE`].
+    async fn stop(&mut self, stop: Stop, registration: &Registration) {
+        let (code, reason) = match stop {
+            Stop::Cut(CutOff::SlowConsumer) => {
+                (close_code::SLOW_CONSUMER, CutOff::SlowConsumer.reason())
+            }
+            Stop::Cut(CutOff::Disconnected) => {
+                (close_code::DISCONNECTED, CutOff::Disconnected.reason())
+            }
+            Stop::Shutdown => (close_code::GOING_AWAY, "server shutting down"),
+            Stop::Expired => (close_code::TOKEN_EXPIRED, "token expired"),
+            Stop::NoPong => (close_code::NO_PONG, "no pong: peer stopped answering"),
+        };
+        if !matches!(stop, Stop::Shutdown) {
+            tracing::info!(connection = registration.id(), "closing: {reason}");
+        }
+        self.close(code, reason).await;
+    }
+
+    /// Waits for a valid token (URL or `connect`) or anonymous access,
+    /// within one deadline for the whole phase, reads and writes alike, so
+    /// that a client that sends commands and never reads cannot outstay it.
+    /// On refusal the client has been told and the socket closed.
     async fn authenticate(&mut self, url_token: Option<String>) -> Option<Authenticated> {
+        let limit = Duration::from_secs(self.app.config.websocket.connect_timeout_seconds);
+        match tokio::time::timeout(limit, self.await_connect(url_token)).await {
+            Ok(authenticated) => authenticated,
+            Err(_elapsed) => {
+                self.close(close_code::UNAUTHORIZED, "no connect within the time limit")
+                    .await;
+                None
+            }
+        }
+    }
+
+    async fn await_connect(&mut self, url_token: Option<String>) -> Option<Authenticated> {
         if let Some(token) = url_token {
             return match self.app.verifier.verify(&token) {
                 Ok(identity) => Some(Authenticated::Implicitly(Some(identity))),
@@ -211,21 +334,14 @@ impl Session {
         if self.app.config.allow_anonymous {
             return Some(Authenticated::Implicitly(None));
         }
-        let deadline =
-            Instant::now() + Duration::from_secs(self.app.config.websocket.connect_timeout_seconds);
         loop {
-            let frame = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
-                Err(_elapsed) => {
-                    self.close(close_code::UNAUTHORIZED, "no connect within the time limit")
-                        .await;
-                    return None;
-                }
-                Ok(None) => return None,
-                Ok(Some(Err(error))) => {
+            let frame = match self.socket.recv().await {
+                None => return None,
+                Some(Err(error)) => {
                     self.read_failed(&error).await;
                     return None;
                 }
-                Ok(Some(Ok(frame))) => frame,
+                Some(Ok(frame)) => frame,
             };
             let text = match frame {
                 Message::Text(text) => text,
@@ -463,16 +579,11 @@ impl Session {
     }
 
     /// Writes `first` and whatever else is queued, then flushes once.
-    async fn write_pushes(
-        &mut self,
-        first: Arc<Push>,
-        queue: &mut mpsc::Receiver<Arc<Push>>,
-    ) -> Result<(), axum::Error> {
+    async fn write_pushes(&mut self, first: Arc<Push>, queue: &mut Queue) -> Result<(), WriteError> {
         if self.batch {
-            let Ok(second) = queue.try_recv() else {
+            let Some(second) = queue.try_recv() else {
                 // Nothing else queued: send the shared frame, no copy.
-                self.socket.feed(Message::Text(first.frame.clone())).await?;
-                return self.socket.flush().await;
+                return self.send(Message::Text(first.frame.clone())).await;
             };
             let mut frame = String::with_capacity(first.frame.len() + 1 + second.frame.len());
             frame.push_str(first.frame.as_str());
@@ -480,47 +591,70 @@ impl Session {
             frame.push_str(second.frame.as_str());
             let mut drained = 2;
             while drained < MAX_PUSHES_PER_FLUSH {
-                let Ok(next) = queue.try_recv() else { break };
+                let Some(next) = queue.try_recv() else { break };
                 drained += 1;
                 if frame.len() + 1 + next.frame.len() > MAX_BATCH_FRAME_BYTES {
-                    self.socket
-                        .feed(Message::Text(Utf8Bytes::from(std::mem::take(&mut frame))))
+                    self.feed(Message::Text(Utf8Bytes::from(std::mem::take(&mut frame))))
                         .await?;
                 } else {
                     frame.push('\n');
                 }
                 frame.push_str(next.frame.as_str());
             }
-            self.socket
-                .feed(Message::Text(Utf8Bytes::from(frame)))
-                .await?;
+            self.feed(Message::Text(Utf8Bytes::from(frame))).await?;
         } else {
-            self.socket.feed(Message::Text(first.frame.clone())).await?;
+            self.feed(Message::Text(first.frame.clone())).await?;
             for _ in 1..MAX_PUSHES_PER_FLUSH {
-                let Ok(next) = queue.try_recv() else { break };
-                self.socket.feed(Message::Text(next.frame.clone())).await?;
+                let Some(next) = queue.try_recv() else { break };
+                self.feed(Message::Text(next.frame.clone())).await?;
             }
         }
-        self.socket.flush().await
+        self.flush().await
     }
 
     /// Sends a command's reply, then the messages a recovering `subscribe`
     /// found, in order, in one flush.
-    async fn send_reply(&mut self, reply: String) -> Result<(), axum::Error> {
+    async fn send_reply(&mut self, reply: String) -> Result<(), WriteError> {
         if self.replay.is_empty() {
             return self.send_text(reply).await;
         }
-        self.socket
-            .feed(Message::Text(Utf8Bytes::from(reply)))
-            .await?;
+        self.feed(Message::Text(Utf8Bytes::from(reply))).await?;
         for push in std::mem::take(&mut self.replay) {
-            self.socket.feed(Message::Text(push.frame.clone())).await?;
+            self.feed(Message::Text(push.frame.clone())).await?;
         }
-        self.socket.flush().await
+        self.flush().await
     }
 
-    async fn send_text(&mut self, text: String) -> Result<(), axum::Error> {
-        self.socket.send(Message::Text(Utf8Bytes::from(text))).await
+    async fn send_text(&mut self, text: String) -> Result<(), WriteError> {
+        self.send(Message::Text(Utf8Bytes::from(text))).await
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), WriteError> {
+        self.feed(message).await?;
+        self.flush().await
+    }
+
+    /// Hands one frame to the socket. Each frame (and each flush) must make
+    /// progress within `websocket.write_timeout_seconds`: that bounds a
+    /// write to a peer that stopped reading even when nothing else ends it.
+    async fn feed(&mut self, message: Message) -> Result<(), WriteError> {
+        let limit = self.write_timeout();
+        match tokio::time::timeout(limit, self.socket.feed(message)).await {
+            Ok(written) => written.map_err(WriteError::Socket),
+            Err(_elapsed) => Err(WriteError::Stalled),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), WriteError> {
+        let limit = self.write_timeout();
+        match tokio::time::timeout(limit, self.socket.flush()).await {
+            Ok(flushed) => flushed.map_err(WriteError::Socket),
+            Err(_elapsed) => Err(WriteError::Stalled),
+        }
+    }
+
+    fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.app.config.websocket.write_timeout_seconds)
     }
 
     async fn refuse_token(&mut self, id: Option<u64>, why: &str) {

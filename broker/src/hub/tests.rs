@@ -1,0 +1,166 @@
+//! Cutting a connection off, against the real `public` plugin and the
+//! memory engine: deregistered at once, nothing queued after the cut.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::engine::MemoryEngine;
+use crate::plugins::{PluginLimits, Registry};
+
+/// A hub over a directory holding only `public.wasm`; the directory is
+/// removed when the returned guard drops.
+fn hub(queue_capacity: usize, queue_max_bytes: usize) -> (Hub, TempDir) {
+    let public = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/public.wasm");
+    assert!(
+        public.is_file(),
+        "{} is missing: run `cargo xtask build-plugins` first",
+        public.display()
+    );
+    let dir = TempDir::new();
+    std::fs::copy(&public, dir.0.join("public.wasm")).unwrap();
+    let registry = Registry::load_dir(&dir.0, PluginLimits::default()).unwrap();
+    let limits = HubLimits {
+        queue_capacity,
+        queue_max_bytes,
+        max_subscriptions: 16,
+        max_history: HistoryPolicy {
+            size: 100,
+            ttl: Duration::from_secs(60),
+        },
+    };
+    let hub = Hub::new(Arc::new(LiveRegistry::new(registry)), limits, |sink| {
+        Arc::new(MemoryEngine::new(sink)) as Arc<dyn Engine>
+    });
+    (hub, dir)
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "stellwerk-hub-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn identity(user: &str) -> Identity {
+    let serde_json::Value::Object(claims) = serde_json::json!({ "sub": user }) else {
+        unreachable!()
+    };
+    Identity {
+        user: user.to_owned(),
+        claims_json: serde_json::to_string(&claims).unwrap().into(),
+        claims,
+        expires_at: u64::MAX,
+    }
+}
+
+fn news() -> ChannelName {
+    ChannelName::parse("public:news").unwrap()
+}
+
+async fn publish(hub: &Hub, data: &str) {
+    hub.publish(&[news()], data, PublishSource::Http, None)
+        .await
+        .unwrap();
+}
+
+fn drained(queue: &mut Queue) -> usize {
+    std::iter::from_fn(|| queue.try_recv()).count()
+}
+
+#[tokio::test]
+async fn a_full_queue_detaches_the_connection_at_once() {
+    let (hub, _dir) = hub(4, usize::MAX);
+    let (stalled, mut stalled_queue) = hub.register(Some(identity("ann")));
+    let (reader, mut reader_queue) = hub.register(Some(identity("bob")));
+    hub.subscribe(&stalled, &news()).await.unwrap();
+    hub.subscribe(&reader, &news()).await.unwrap();
+    for n in 0..10 {
+        publish(&hub, &format!(r#"{{"n":{n}}}"#)).await;
+        assert!(reader_queue.try_recv().is_some(), "the reader gets #{n}");
+    }
+    assert_eq!(stalled.cut_reason(), Some(CutOff::SlowConsumer));
+    // Deregistered while its transport has not even looked: no channel
+    // counts it, and nothing after the overflow was queued.
+    assert_eq!(hub.channels("public:"), vec![(news(), 1)]);
+    assert!(lock(&stalled.channels).is_empty());
+    assert_eq!(drained(&mut stalled_queue), 4);
+    assert_eq!(hub.stats().cut_offs, 1);
+    // Its transport's drop later changes nothing for the others.
+    drop(stalled);
+    publish(&hub, "{}").await;
+    assert_eq!(drained(&mut reader_queue), 1);
+}
+
+#[tokio::test]
+async fn the_byte_bound_cuts_off_like_the_count_and_is_released_on_receipt() {
+    let (hub, _dir) = hub(1024, 2000);
+    let (conn, mut queue) = hub.register(Some(identity("ann")));
+    hub.subscribe(&conn, &news()).await.unwrap();
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(800));
+    // Taken off as it comes: the bytes are released, no cut-off.
+    for _ in 0..10 {
+        publish(&hub, &big).await;
+        assert!(queue.try_recv().is_some());
+    }
+    assert_eq!(conn.cut_reason(), None);
+    assert_eq!(conn.queued_bytes.load(Ordering::Relaxed), 0);
+    // Not taken off: two fit (about 1.8 KB), the third overflows 2000 bytes.
+    for _ in 0..3 {
+        publish(&hub, &big).await;
+    }
+    assert_eq!(conn.cut_reason(), Some(CutOff::SlowConsumer));
+    assert!(hub.channels("public:").is_empty());
+    assert_eq!(drained(&mut queue), 2);
+}
+
+#[tokio::test]
+async fn one_push_larger_than_the_byte_bound_fits_an_empty_queue() {
+    let (hub, _dir) = hub(1024, 100);
+    let (conn, mut queue) = hub.register(Some(identity("ann")));
+    hub.subscribe(&conn, &news()).await.unwrap();
+    publish(&hub, &format!(r#"{{"pad":"{}"}}"#, "x".repeat(500))).await;
+    assert_eq!(conn.cut_reason(), None);
+    assert_eq!(drained(&mut queue), 1);
+}
+
+#[tokio::test]
+async fn disconnecting_a_user_detaches_every_connection_and_refuses_later_subscribes() {
+    let (hub, _dir) = hub(16, usize::MAX);
+    let (tab1, mut queue1) = hub.register(Some(identity("ann")));
+    let (tab2, _queue2) = hub.register(Some(identity("ann")));
+    let (other, mut other_queue) = hub.register(Some(identity("bob")));
+    for connection in [&tab1, &tab2, &other] {
+        hub.subscribe(connection, &news()).await.unwrap();
+    }
+    assert_eq!(hub.disconnect_user("ann"), 2);
+    assert_eq!(tab1.cut_reason(), Some(CutOff::Disconnected));
+    assert_eq!(hub.channels("public:"), vec![(news(), 1)]);
+    assert_eq!(hub.stats().cut_offs, 0, "a disconnect is no slow consumer");
+
+    publish(&hub, "{}").await;
+    assert_eq!(drained(&mut queue1), 0, "nothing queued after the cut");
+    assert_eq!(drained(&mut other_queue), 1);
+
+    let channel = ChannelName::parse("public:later").unwrap();
+    let refusal = hub.subscribe(&tab1, &channel).await.unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::Forbidden, "{}", refusal.message);
+    assert_eq!(hub.channels("public:later"), vec![]);
+}
