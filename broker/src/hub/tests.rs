@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::engine::MemoryEngine;
+use crate::engine::{Lifetimes, MemoryEngine};
 use crate::plugins::{PluginLimits, Registry};
 
 /// A hub over a directory holding only `public.wasm`; the directory is
@@ -32,7 +32,11 @@ fn hub(queue_capacity: usize, queue_max_bytes: usize) -> (Hub, TempDir) {
         },
     };
     let hub = Hub::new(Arc::new(LiveRegistry::new(registry)), limits, |sink| {
-        Arc::new(MemoryEngine::new(sink)) as Arc<dyn Engine>
+        let lifetimes = Lifetimes {
+            channel_idle: Duration::from_secs(30),
+            max_history_bytes: 64 << 20,
+        };
+        Arc::new(MemoryEngine::new(sink, lifetimes)) as Arc<dyn Engine>
     });
     (hub, dir)
 }
