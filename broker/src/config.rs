@@ -515,7 +515,10 @@ impl Config {
             return Err(Problem::new(&[("plugins", "dir")], "must not be empty"));
         }
         let must_be_positive: [((&str, &str), u64); 18] = [
-            (("", "shutdown_timeout_seconds"), self.shutdown_timeout_seconds),
+            (
+                ("", "shutdown_timeout_seconds"),
+                self.shutdown_timeout_seconds,
+            ),
             (
                 ("http", "header_read_timeout_seconds"),
                 self.http.header_read_timeout_seconds,
@@ -589,7 +592,10 @@ impl Config {
                 ("engine", "channel_idle_seconds"),
                 self.engine.channel_idle_seconds,
             ),
-            (("engine", "max_history_bytes"), self.engine.max_history_bytes),
+            (
+                ("engine", "max_history_bytes"),
+                self.engine.max_history_bytes,
+            ),
         ] {
             if value == 0 {
                 return Err(Problem::new(&[key], "must be greater than 0"));
@@ -965,7 +971,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// The fields of a section struct, by the section's name in `Config`.
 fn section_fields(section: &str) -> Option<&'static [&'static str]> {
     Some(match section {
-"        "jwt" => field_names::<JwtConfig>(),
+        "jwt" => field_names::<JwtConfig>(),
         "http" => field_names::<HttpConfig>(),
         "plugins" => field_names::<PluginsConfig>(),
         "limits" => field_names::<LimitsConfig>(),

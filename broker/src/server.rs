@@ -14,8 +14,8 @@ use crate::auth::{ApiKey, AuthError, TokenVerifier};
 use crate::config::Config;
 use crate::engine::{Engine, HistoryPolicy, Lifetimes, MemoryEngine};
 use crate::hub::{Hub, HubLimits};
-use crate::plugins::{LiveRegistry, PluginError, PluginLimits, Registry, Reloader};
 use crate::listener::{self, Timeouts};
+use crate::plugins::{LiveRegistry, PluginError, PluginLimits, Registry, Reloader};
 use crate::{api, plugins, transport};
 
 /// Why the server could not start, or stopped with an error.
@@ -192,12 +192,7 @@ pub async fn run(
     };
 
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    let public = tokio::spawn(listener::serve(
-        listener,
-        router,
-        timeouts,
-        stopped.clone(),
-    ));
+    let public = tokio::spawn(listener::serve(listener, router, timeouts, stopped.clone()));
     let admin = match admin_router {
         Some((listener, router)) => {
             // Worded so that it is not mistaken for the public "listening on" line.

@@ -83,14 +83,20 @@ async fn half_sent_requests_cannot_keep_the_broker_out_of_descriptors() {
         .await;
     let addr = server.addr();
     let pid = server.pid();
-    assert_eq!(healthz_within(addr, Duration::from_secs(5)).await, Some(200));
+    assert_eq!(
+        healthz_within(addr, Duration::from_secs(5)).await,
+        Some(200)
+    );
 
     // More half-sent requests than the broker has descriptors: once they run out, the rest
     // wait in the listen backlog, and so does every honest request behind them.
     let mut attackers = Vec::new();
     for _ in 0..LIMIT + 40 {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(HALF_REQUEST).await.expect("half a request");
+        stream
+            .write_all(HALF_REQUEST)
+            .await
+            .expect("half a request");
         attackers.push(stream);
     }
     let attacked = Instant::now();
@@ -247,8 +253,11 @@ async fn an_sse_reader_that_stops_reading_is_dropped_after_the_write_timeout() {
         .start()
         .await;
     let token = server.token("stalled");
-    let mut stalled =
-        stalled_sse_client(server.addr(), &format!("/sse?channel={CHANNEL}&token={token}")).await;
+    let mut stalled = stalled_sse_client(
+        server.addr(),
+        &format!("/sse?channel={CHANNEL}&token={token}"),
+    )
+    .await;
     let (mut honest, _) = server.subscriber("honest", CHANNEL).await;
     assert_eq!(subscribers_of(&server, CHANNEL).await, 2);
 
@@ -256,7 +265,9 @@ async fn an_sse_reader_that_stops_reading_is_dropped_after_the_write_timeout() {
     let blob = "x".repeat(16 * 1024);
     let published = Instant::now();
     for i in 0..640 {
-        server.publish_ok(CHANNEL, &json!({"i": i, "blob": blob})).await;
+        server
+            .publish_ok(CHANNEL, &json!({"i": i, "blob": blob}))
+            .await;
         let got = honest.recv_json().await;
         assert_eq!(got["data"]["i"], i, "the honest subscriber misses nothing");
     }
@@ -280,7 +291,10 @@ async fn an_sse_reader_that_stops_reading_is_dropped_after_the_write_timeout() {
         }
     })
     .await;
-    assert!(drained.is_ok(), "the stalled stream's socket was not closed");
+    assert!(
+        drained.is_ok(),
+        "the stalled stream's socket was not closed"
+    );
     // The honest subscriber is still served.
     server.publish_ok(CHANNEL, &json!({"i": "after"})).await;
     assert_eq!(honest.recv_json().await["data"]["i"], "after");
@@ -309,7 +323,10 @@ async fn over_the_global_cap_websocket_and_sse_get_503_unavailable() {
         .await;
     let (ws, _) = server.subscriber("ada", "public:cap").await;
     let sse = server
-        .sse(&format!("/sse?channel=public:cap&token={}", server.token("bob")))
+        .sse(&format!(
+            "/sse?channel=public:cap&token={}",
+            server.token("bob")
+        ))
         .await;
 
     let token = server.token("carl");
@@ -424,7 +441,10 @@ async fn over_the_per_user_cap_429_before_the_upgrade_or_4009_after_connect() {
             break;
         }
         assert_http_error(status, &body, 429, "rate_limited");
-        assert!(Instant::now() < deadline, "the closed tab's place stayed taken");
+        assert!(
+            Instant::now() < deadline,
+            "the closed tab's place stayed taken"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -255,7 +255,8 @@ impl Contract {
             }
             None => assert_eq!(status, 101, "{what}: only an upgrade has no content"),
         }
-        self.seen.insert((template.to_owned(), "get".to_owned(), status));
+        self.seen
+            .insert((template.to_owned(), "get".to_owned(), status));
         (status, Value::Null)
     }
 
@@ -789,17 +790,31 @@ async fn check_streams(c: &mut Contract, server: &Server) {
         .env("STELLWERK_LIMITS_MAX_CONNECTIONS_PER_USER", 1)
         .start()
         .await;
-    let (ada, bob, carl) = (capped.token("ada"), capped.token("bob"), capped.token("carl"));
-    let _ada_stream = capped.sse(&format!("/sse?channel=public:x&token={ada}")).await;
+    let (ada, bob, carl) = (
+        capped.token("ada"),
+        capped.token("bob"),
+        capped.token("carl"),
+    );
+    let _ada_stream = capped
+        .sse(&format!("/sse?channel=public:x&token={ada}"))
+        .await;
     let (status, _) = c
-        .open(&capped, "/sse", &format!("/sse?channel=public:x&token={ada}"))
+        .open(
+            &capped,
+            "/sse",
+            &format!("/sse?channel=public:x&token={ada}"),
+        )
         .await;
     assert_eq!(status, 429);
     let (status, _) = c.open(&capped, "/ws", &format!("/ws?token={ada}")).await;
     assert_eq!(status, 429);
     let _bob = capped.ws(&format!("/ws?token={bob}")).await;
     let (status, _) = c
-        .open(&capped, "/sse", &format!("/sse?channel=public:x&token={carl}"))
+        .open(
+            &capped,
+            "/sse",
+            &format!("/sse?channel=public:x&token={carl}"),
+        )
         .await;
     assert_eq!(status, 503);
     let (status, _) = c.open(&capped, "/ws", &format!("/ws?token={carl}")).await;

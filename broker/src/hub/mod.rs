@@ -498,10 +498,7 @@ impl Hub {
     }
 
     /// A registration, not yet listed under its user.
-    fn new_registration(
-        &self,
-        identity: Option<Identity>,
-    ) -> (Registration, Queue) {
+    fn new_registration(&self, identity: Option<Identity>) -> (Registration, Queue) {
         let (queue, receiver) = mpsc::channel(self.inner.limits.queue_capacity);
         let connection = Arc::new(Connection {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),

@@ -191,7 +191,10 @@ async fn the_global_cap_counts_admissions_and_frees_them_on_drop() {
     drop(first);
     let _third = hub.admit().unwrap();
     assert_eq!(hub.stats().refused_node_full, 1);
-    assert_eq!(hub.admit().unwrap_err().refusal().code, ErrorCode::Unavailable);
+    assert_eq!(
+        hub.admit().unwrap_err().refusal().code,
+        ErrorCode::Unavailable
+    );
 }
 
 #[tokio::test]

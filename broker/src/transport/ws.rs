@@ -19,9 +19,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::time::{Instant, MissedTickBehavior, Sleep};
 
+use crate::api::ApiError;
 use crate::auth::Identity;
 use crate::engine::Position;
-use crate::api::ApiError;
 use crate::hub::{self, CutOff, Push, Queue, Refused, Registration};
 use crate::plugins::PublishSource;
 use crate::protocol::{self, Command, CommandKind, ErrorCode, Recover, Refusal};
@@ -304,7 +304,10 @@ impl Session {
         match sent {
             Ok(Ok(())) => true,
             Ok(Err(WriteError::Socket(error))) => {
-                tracing::debug!(connection = registration.id(), "websocket write failed: {error}");
+                tracing::debug!(
+                    connection = registration.id(),
+                    "websocket write failed: {error}"
+                );
                 false
             }
             Ok(Err(WriteError::Stalled)) => {
@@ -617,7 +620,11 @@ impl Session {
     }
 
     /// Writes `first` and whatever else is queued, then flushes once.
-    async fn write_pushes(&mut self, first: Arc<Push>, queue: &mut Queue) -> Result<(), WriteError> {
+    async fn write_pushes(
+        &mut self,
+        first: Arc<Push>,
+        queue: &mut Queue,
+    ) -> Result<(), WriteError> {
         if self.batch {
             let Some(second) = queue.try_recv() else {
                 // Nothing else queued: send the shared frame, no copy.
