@@ -399,11 +399,6 @@ impl Hub {
         &self.inner.registry
     }
 
-    /// Number of live connections (WebSocket and SSE).
-    pub(crate) fn connection_count(&self) -> usize {
-        self.inner.connections.load(Ordering::Relaxed)
-    }
-
     /// WebSocket connections (authenticated or not) and SSE streams that
     /// hold a place under `limits.max_connections`.
     pub(crate) fn open_streams(&self) -> usize {
