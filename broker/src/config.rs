@@ -54,6 +54,10 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Whether connections without a token are accepted (as user `""`).
     pub allow_anonymous: bool,
+    /// How long a SIGTERM/SIGINT shutdown may take before the connections left are dropped.
+    pub shutdown_timeout_seconds: u64,
+    /// `[http]`: timeouts of every listener.
+    pub http: HttpConfig,
     /// `[jwt]`: how client tokens are verified.
     pub jwt: JwtConfig,
     /// `[plugins]`: where plugins live and how they are sandboxed.
@@ -98,6 +102,15 @@ pub struct PluginsConfig {
     pub max_upload_bytes: u64,
 }
 
+/// `[http]`: what a TCP connection to a listener may cost before it is an HTTP request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A connection must send a complete request head within this, from its accept and
+    /// again after each answer on a keep-alive connection (so it is the idle timeout too).
+    pub header_read_timeout_seconds: u64,
+}
+
 /// `[limits]`: what one client may cost.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -113,6 +126,10 @@ pub struct LimitsConfig {
     pub queue_max_bytes: usize,
     /// Channels one connection or SSE stream may subscribe to.
     pub max_subscriptions_per_connection: usize,
+    /// WebSocket connections and SSE streams of the whole node (HTTP 503 above).
+    pub max_connections: usize,
+    /// WebSocket connections and SSE streams of one user (HTTP 429, or close 4009).
+    pub max_connections_per_user: usize,
 }
 
 /// `[websocket]`: keep-alive, authentication deadline and buffer sizes of `/ws`.
@@ -127,7 +144,8 @@ pub struct WebSocketConfig {
     /// the whole unauthenticated phase, its reads and its writes.
     pub connect_timeout_seconds: u64,
     /// Drop the connection when one write (a frame, or the flush) makes no progress for
-    /// this long: the peer stopped reading.
+    /// this long: the peer stopped reading. Also the socket-level write timeout of every
+    /// connection of every listener (SSE streams, HTTP answers).
     pub write_timeout_seconds: u64,
     /// Read buffer per connection; small buffers keep idle connections cheap.
     pub read_buffer_bytes: usize,
@@ -190,6 +208,8 @@ impl Default for Config {
             admin_token: None,
             admin_listen: None,
             allow_anonymous: false,
+            shutdown_timeout_seconds: 10,
+            http: HttpConfig::default(),
             jwt: JwtConfig::default(),
             plugins: PluginsConfig::default(),
             limits: LimitsConfig::default(),
@@ -223,6 +243,14 @@ impl Default for PluginsConfig {
     }
 }
 
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout_seconds: 10,
+        }
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
@@ -233,6 +261,8 @@ impl Default for LimitsConfig {
             // client that reads.
             queue_max_bytes: 8 * 1024 * 1024,
             max_subscriptions_per_connection: 128,
+            max_connections: 50_000,
+            max_connections_per_user: 64,
         }
     }
 }
@@ -293,6 +323,8 @@ impl fmt::Debug for Config {
             .field("admin_token", &Redacted(&self.admin_token))
             .field("admin_listen", &self.admin_listen)
             .field("allow_anonymous", &self.allow_anonymous)
+            .field("shutdown_timeout_seconds", &self.shutdown_timeout_seconds)
+            .field("http", &self.http)
             .field("jwt", &self.jwt)
             .field("plugins", &self.plugins)
             .field("limits", &self.limits)
@@ -482,7 +514,23 @@ impl Config {
         if self.plugins.dir.as_os_str().is_empty() {
             return Err(Problem::new(&[("plugins", "dir")], "must not be empty"));
         }
-        let must_be_positive: [((&str, &str), u64); 14] = [
+        let must_be_positive: [((&str, &str), u64); 18] = [
+            (
+                ("", "shutdown_timeout_seconds"),
+                self.shutdown_timeout_seconds,
+            ),
+            (
+                ("http", "header_read_timeout_seconds"),
+                self.http.header_read_timeout_seconds,
+            ),
+            (
+                ("limits", "max_connections"),
+                self.limits.max_connections as u64,
+            ),
+            (
+                ("limits", "max_connections_per_user"),
+                self.limits.max_connections_per_user as u64,
+            ),
             (("plugins", "call_timeout_ms"), self.plugins.call_timeout_ms),
             (
                 ("plugins", "memory_limit_bytes"),
@@ -639,6 +687,7 @@ fn failing_section(table: &toml::Table) -> &str {
     for (name, value) in table {
         let fits = match name.as_str() {
             "jwt" => JwtConfig::deserialize(value.clone()).is_ok(),
+            "http" => HttpConfig::deserialize(value.clone()).is_ok(),
             "plugins" => PluginsConfig::deserialize(value.clone()).is_ok(),
             "limits" => LimitsConfig::deserialize(value.clone()).is_ok(),
             "websocket" => WebSocketConfig::deserialize(value.clone()).is_ok(),
@@ -923,6 +972,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 fn section_fields(section: &str) -> Option<&'static [&'static str]> {
     Some(match section {
         "jwt" => field_names::<JwtConfig>(),
+        "http" => field_names::<HttpConfig>(),
         "plugins" => field_names::<PluginsConfig>(),
         "limits" => field_names::<LimitsConfig>(),
         "websocket" => field_names::<WebSocketConfig>(),

@@ -17,6 +17,7 @@
 //! - `plugins`: the wasmtime host that runs the channel plugins.
 //! - `engine`: offsets, epochs and history per channel (in memory for now).
 //! - `metrics`: counters and histograms for `GET /metrics`.
+//! - `listener`: the accept loop: HTTP timeouts, write timeout, bounded shutdown.
 //! - `server`: wires it all together and runs until shutdown.
 
 pub(crate) mod api;
@@ -25,6 +26,7 @@ pub(crate) mod channel;
 pub mod config;
 pub(crate) mod engine;
 pub(crate) mod hub;
+pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod plugins;
 pub(crate) mod protocol;

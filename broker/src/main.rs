@@ -170,6 +170,9 @@ fn serve(file: Option<&Path>) -> ExitCode {
         stellwerk::run(listener, config, shutdown_signal()).await?;
         Ok(())
     });
+    // `run` returned within `shutdown_timeout_seconds`: whatever task is still
+    // alive (a session that ignored the deadline) must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -18,10 +18,11 @@ pub(crate) enum ErrorCode {
     Unauthorized,
     Forbidden,
     NotFound,
-    #[allow(dead_code)] // reserved for command floods (docs/protocol.md)
     RateLimited,
     TooLarge,
     Internal,
+    /// The server cannot take this now (e.g. at its connection limit); try later.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -34,6 +35,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::TooLarge => "too_large",
             Self::Internal => "internal",
+            Self::Unavailable => "unavailable",
         }
     }
 }

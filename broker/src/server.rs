@@ -14,6 +14,7 @@ use crate::auth::{ApiKey, AuthError, TokenVerifier};
 use crate::config::Config;
 use crate::engine::{Engine, HistoryPolicy, Lifetimes, MemoryEngine};
 use crate::hub::{Hub, HubLimits};
+use crate::listener::{self, Timeouts};
 use crate::plugins::{LiveRegistry, PluginError, PluginLimits, Registry, Reloader};
 use crate::{api, plugins, transport};
 
@@ -74,9 +75,6 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// How long open connections get to say goodbye after shutdown begins.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
 /// Loads the plugins, then serves on `listener` until `shutdown` resolves.
 ///
 /// `config` must be complete: dev secrets are filled in by the caller (the
@@ -110,6 +108,8 @@ pub async fn run(
                 size: config.engine.max_history_size as usize,
                 ttl: Duration::from_secs(config.engine.max_history_age_seconds),
             },
+            max_connections: config.limits.max_connections,
+            max_connections_per_user: config.limits.max_connections_per_user,
         },
         |sink| -> Arc<dyn Engine> {
             MemoryEngine::start(
@@ -139,6 +139,11 @@ pub async fn run(
         Some(addr) => Some(listen(addr)?),
         None => None,
     };
+    let timeouts = Timeouts {
+        header_read: Duration::from_secs(config.http.header_read_timeout_seconds),
+        write: Duration::from_secs(config.websocket.write_timeout_seconds),
+    };
+    let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_seconds);
     let (stop, stopped) = watch::channel(false);
     let app = AppState {
         plugins,
@@ -146,7 +151,7 @@ pub async fn run(
         config: Arc::new(config),
         verifier: Arc::new(verifier),
         api_key: Arc::new(ApiKey::new(api_key)),
-        shutdown: stopped,
+        shutdown: stopped.clone(),
         node: Arc::from(format!("{:08x}", rand::random::<u32>())),
         started: std::time::Instant::now(),
     };
@@ -187,44 +192,46 @@ pub async fn run(
     };
 
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    let mut admin_stopped = stop.subscribe();
-    let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down");
-        let _ = stop.send(true);
-    };
-    let admin_server = match admin_router {
+    let public = tokio::spawn(listener::serve(listener, router, timeouts, stopped.clone()));
+    let admin = match admin_router {
         Some((listener, router)) => {
             // Worded so that it is not mistaken for the public "listening on" line.
             tracing::info!(
                 "admin API and /metrics on http://{}",
                 listener.local_addr()?
             );
-            let stopped = async move {
-                let _ = admin_stopped.wait_for(|stopping| *stopping).await;
-            };
-            Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped)
-                    .await
-                {
-                    tracing::error!("admin listener failed: {e}");
-                }
-            }))
+            Some(tokio::spawn(listener::serve(
+                listener, router, timeouts, stopped,
+            )))
         }
         None => None,
     };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(signal)
-        .await?;
-    if let Some(admin_server) = admin_server {
-        admin_server.abort();
+
+    shutdown.await;
+    tracing::info!(
+        "shutting down: no new connections; open ones get {} s to finish",
+        shutdown_timeout.as_secs()
+    );
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
+    // Sessions send `disconnect` (1001) on this; idle HTTP connections close.
+    let _ = stop.send(true);
+    let mut dropped = 0;
+    for server in std::iter::once(public).chain(admin) {
+        let remaining = server
+            .await
+            .map_err(|e| std::io::Error::other(format!("accept loop failed: {e}")))?;
+        dropped += remaining.finish_by(deadline).await;
     }
-    // Upgraded connections are not tracked by the HTTP server; give them a
-    // moment to send their close frames.
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+    // Upgraded WebSockets have left the HTTP server: wait for their sessions.
+    while hub.open_streams() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let streams = hub.open_streams();
+    if dropped + streams > 0 {
+        tracing::warn!(
+            "shutdown timeout: dropping {dropped} HTTP connection(s) and {streams} \
+             WebSocket/SSE stream(s) that did not finish"
+        );
     }
     Ok(())
 }

@@ -27,6 +27,8 @@ pub struct ServerBuilder {
     env: Vec<(String, String)>,
     args: Vec<String>,
     plugins_dir: PathBuf,
+    /// `RLIMIT_NOFILE` (soft and hard) for the broker, through `prlimit`.
+    open_files: Option<u32>,
 }
 
 impl Default for ServerBuilder {
@@ -35,6 +37,7 @@ impl Default for ServerBuilder {
             env: Vec::new(),
             args: Vec::new(),
             plugins_dir: default_plugins_dir(),
+            open_files: None,
         }
     }
 }
@@ -57,6 +60,13 @@ impl ServerBuilder {
     /// Serves plugins from `dir` instead of `target/plugins`.
     pub fn plugins_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.plugins_dir = dir.into();
+        self
+    }
+
+    /// Runs the broker with at most `limit` open file descriptors (`prlimit --nofile`), to
+    /// run it out of them on purpose.
+    pub fn open_files_limit(mut self, limit: u32) -> Self {
+        self.open_files = Some(limit);
         self
     }
 
@@ -139,7 +149,17 @@ impl ServerBuilder {
     }
 
     fn command(&self, api_key: &str, jwt_secret: &str) -> Command {
-        let mut cmd = Command::new(stellwerk_binary());
+        let mut cmd = match self.open_files {
+            // prlimit execs the broker: the child's pid stays the broker's.
+            Some(limit) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.arg(format!("--nofile={limit}:{limit}"))
+                    .arg("--")
+                    .arg(stellwerk_binary());
+                cmd
+            }
+            None => Command::new(stellwerk_binary()),
+        };
         cmd.arg("serve").args(&self.args);
         // Only what the test sets reaches the broker: no stray STELLWERK_* from the shell.
         for (key, _) in std::env::vars_os() {
@@ -272,9 +292,33 @@ impl Server {
         self.addr
     }
 
-    /// The broker's process id (for `/proc/<pid>/status`).
+    /// The broker's process id (for `/proc/<pid>/…`).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends the broker a signal (`"TERM"`, `"INT"`) as an init system would.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
+    /// Waits up to `limit` for the broker to exit; its exit status, or `None` if it still runs.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for stellwerk") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn api_key(&self) -> &str {

@@ -23,7 +23,13 @@ const MAX_PUBLISH: usize = 1024 * 1024;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Documented answers no test can provoke, and why.
-const NOT_PROVOKED: [(&str, &str, u16, &str); 4] = [
+const NOT_PROVOKED: [(&str, &str, u16, &str); 5] = [
+    (
+        "/sse",
+        "get",
+        500,
+        "a plugin fault on subscribe; tests/sandbox.rs provokes it with the `spin` and `hog` plugins",
+    ),
     (
         "/readyz",
         "get",
@@ -208,13 +214,64 @@ impl Contract {
             .await
             .unwrap_or_else(|_| panic!("{what}: no answer within {HTTP_TIMEOUT:?}"))
             .unwrap_or_else(|e| panic!("{what}: {e}"));
+        self.check(method, template, &what, resp, sent_json).await
+    }
+
+    /// Opens `/ws` (with the upgrade headers) or `/sse`: an upgrade or a stream is checked
+    /// against the document without reading it (it never ends), a refusal like any answer.
+    async fn open(&mut self, server: &Server, template: &str, path: &str) -> (u16, Value) {
+        assert_matches_template(template, path);
+        let what = format!("GET {path}");
+        let mut req = self.http.get(server.http_url(path));
+        if template == "/ws" {
+            req = req
+                .header("Connection", "Upgrade")
+                .header("Upgrade", "websocket")
+                .header("Sec-WebSocket-Version", "13")
+                .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+        } else {
+            req = req.header("Accept", "text/event-stream");
+        }
+        let resp = tokio::time::timeout(HTTP_TIMEOUT, req.send())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer within {HTTP_TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        if !(status == 101 || (200..300).contains(&status)) {
+            return self.check("get", template, &what, resp, None).await;
+        }
+        let op = self.operation(template, "get").clone();
+        let Some(response) = op["responses"].get(status.to_string()) else {
+            panic!("{what} answered {status}, which docs/openapi.json does not document");
+        };
+        let content_type = header(&resp, "content-type");
+        match self.inline(response)["content"].as_object() {
+            Some(content) => {
+                let media = content.keys().next().expect("one media type");
+                assert!(
+                    content_type.starts_with(media.as_str()),
+                    "{what} {status}: Content-Type `{content_type}`, documented `{media}`"
+                );
+            }
+            None => assert_eq!(status, 101, "{what}: only an upgrade has no content"),
+        }
+        self.seen
+            .insert((template.to_owned(), "get".to_owned(), status));
+        (status, Value::Null)
+    }
+
+    /// Checks an answer against the document and returns status and body (JSON, or a JSON
+    /// string for text).
+    async fn check(
+        &mut self,
+        method: &str,
+        template: &str,
+        what: &str,
+        resp: reqwest::Response,
+        sent_json: Option<Value>,
+    ) -> (u16, Value) {
+        let status = resp.status().as_u16();
+        let content_type = header(&resp, "content-type");
         let text = resp.text().await.unwrap_or_default();
 
         let op = self.operation(template, method).clone();
@@ -264,6 +321,14 @@ impl Contract {
             .insert((template.to_owned(), method.to_owned(), status));
         (status, body)
     }
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// `/api/channels/public:x/presence?a=1` fits `/api/channels/{channel}/presence`.
@@ -385,11 +450,7 @@ fn every_routed_http_endpoint_is_documented_and_nothing_else() {
         .into_iter()
         .map(|(path, method, _)| (path, method))
         .collect();
-    // The two streaming transports are specified in docs/protocol.md.
-    let routed: BTreeSet<(String, String)> = routed_operations()
-        .into_iter()
-        .filter(|(path, _)| path != "/ws" && path != "/sse")
-        .collect();
+    let routed = routed_operations();
     assert!(
         routed.contains(&("/api/publish".into(), "post".into())),
         "reading the routes of broker/src/server.rs failed: {routed:?}"
@@ -682,6 +743,9 @@ async fn every_documented_answer_is_what_the_server_sends() {
     // ----- the admin API -----
     check_admin_api(&mut c, &server, &bare, dir.path(), admin, key).await;
 
+    // ----- GET /ws and GET /sse: the upgrade or stream, and the refusals before it -----
+    check_streams(&mut c, &server).await;
+
     // ----- every documented answer was seen -----
     let not_provoked: BTreeSet<(String, String, u16)> = NOT_PROVOKED
         .iter()
@@ -698,6 +762,63 @@ async fn every_documented_answer_is_what_the_server_sends() {
         "documented in docs/openapi.json but never answered in this test:\n  {}",
         missing.join("\n  ")
     );
+}
+
+async fn check_streams(c: &mut Contract, server: &Server) {
+    let ada = server.mint(
+        ADA,
+        json!({"perm": "autor", "courses": { COURSE: "autor" }}),
+        Duration::from_secs(3600),
+    );
+    let bob = server.token("bob");
+    let (status, _) = c.open(server, "/ws", &format!("/ws?token={ada}")).await;
+    assert_eq!(status, 101);
+    for (path, want) in [
+        (format!("/sse?channel=public:news&token={ada}"), 200),
+        (format!("/sse?token={ada}"), 400),
+        ("/sse?channel=public:news".to_owned(), 401),
+        (format!("/sse?channel={CHAT}&token={bob}"), 403),
+        (format!("/sse?channel=nobody:x&token={ada}"), 404),
+    ] {
+        let (status, body) = c.open(server, "/sse", &path).await;
+        assert_eq!(status, want, "{path}: {body}");
+    }
+
+    // The connection caps: one stream per user, two on the node.
+    let capped = Server::builder()
+        .env("STELLWERK_LIMITS_MAX_CONNECTIONS", 2)
+        .env("STELLWERK_LIMITS_MAX_CONNECTIONS_PER_USER", 1)
+        .start()
+        .await;
+    let (ada, bob, carl) = (
+        capped.token("ada"),
+        capped.token("bob"),
+        capped.token("carl"),
+    );
+    let _ada_stream = capped
+        .sse(&format!("/sse?channel=public:x&token={ada}"))
+        .await;
+    let (status, _) = c
+        .open(
+            &capped,
+            "/sse",
+            &format!("/sse?channel=public:x&token={ada}"),
+        )
+        .await;
+    assert_eq!(status, 429);
+    let (status, _) = c.open(&capped, "/ws", &format!("/ws?token={ada}")).await;
+    assert_eq!(status, 429);
+    let _bob = capped.ws(&format!("/ws?token={bob}")).await;
+    let (status, _) = c
+        .open(
+            &capped,
+            "/sse",
+            &format!("/sse?channel=public:x&token={carl}"),
+        )
+        .await;
+    assert_eq!(status, 503);
+    let (status, _) = c.open(&capped, "/ws", &format!("/ws?token={carl}")).await;
+    assert_eq!(status, 503);
 }
 
 async fn check_admin_api(

@@ -101,6 +101,18 @@ fn render(app: &AppState) -> String {
         e.family(name, kind, help);
         e.sample(name, "", value);
     }
+    let name = "stellwerk_connections_refused_total";
+    e.family(
+        name,
+        "counter",
+        "WebSocket connections and SSE streams refused over a connection cap.",
+    );
+    for (reason, value) in [
+        ("max_connections", hub.refused_node_full),
+        ("max_connections_per_user", hub.refused_user_full),
+    ] {
+        e.sample(name, &format!("reason=\"{reason}\""), value);
+    }
 
     let plugins = app.hub.registry().list();
     let hooks = |stats: &crate::plugins::PluginStats| -> [(&'static str, HookCounts); 3] {

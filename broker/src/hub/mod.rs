@@ -103,6 +103,62 @@ pub(crate) struct HubLimits {
     pub(crate) max_subscriptions: usize,
     /// The most history any channel keeps, whatever its plugin asks for.
     pub(crate) max_history: HistoryPolicy,
+    /// WebSocket connections and SSE streams of the node, counted from
+    /// before the upgrade (so unauthenticated sockets count too).
+    pub(crate) max_connections: usize,
+    /// Registered connections of one user.
+    pub(crate) max_connections_per_user: usize,
+}
+
+/// Why a connection is refused before it is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// `limits.max_connections` is reached.
+    NodeFull { max: usize },
+    /// The user has `limits.max_connections_per_user` connections already.
+    UserFull { max: usize },
+}
+
+impl Refused {
+    /// The `reason` label of `stellwerk_connections_refused_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::NodeFull { .. } => "max_connections",
+            Self::UserFull { .. } => "max_connections_per_user",
+        }
+    }
+
+    /// What the client is told (`unavailable` or `rate_limited`).
+    pub(crate) fn refusal(self) -> Refusal {
+        match self {
+            Self::NodeFull { max } => Refusal::new(
+                ErrorCode::Unavailable,
+                format!("the server is at its connection limit ({max}); try again later"),
+            ),
+            Self::UserFull { max } => Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many connections for this user (at most {max}); \
+                     close another tab or connection first"
+                ),
+            ),
+        }
+    }
+}
+
+/// A place under `limits.max_connections`, held for the life of a WebSocket
+/// or SSE stream; dropping it frees the place.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    hub: Weak<Inner>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(inner) = self.hub.upgrade() {
+            inner.admitted.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A subscriber as the hub sees it (a WebSocket or an SSE stream).
@@ -244,6 +300,10 @@ struct Inner {
     limits: HubLimits,
     next_id: AtomicU64,
     connections: AtomicUsize,
+    /// Places taken under `limits.max_connections` ([`Admission`]).
+    admitted: AtomicUsize,
+    refused_node_full: AtomicU64,
+    refused_user_full: AtomicU64,
     /// Live connections by user id, for `POST /api/users/{user}/disconnect`.
     users: Mutex<HashMap<Arc<str>, UserConnections>>,
     published: AtomicU64,
@@ -260,6 +320,10 @@ pub(crate) struct HubStats {
     pub(crate) published: u64,
     pub(crate) deliveries: u64,
     pub(crate) cut_offs: u64,
+    /// Connections refused over `limits.max_connections`.
+    pub(crate) refused_node_full: u64,
+    /// Connections refused over `limits.max_connections_per_user`.
+    pub(crate) refused_user_full: u64,
 }
 
 /// Removes the connection's subscriptions when its transport drops it.
@@ -319,6 +383,9 @@ impl Hub {
                 limits,
                 next_id: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
+                admitted: AtomicUsize::new(0),
+                refused_node_full: AtomicU64::new(0),
+                refused_user_full: AtomicU64::new(0),
                 users: Mutex::new(HashMap::new()),
                 published: AtomicU64::new(0),
                 deliveries: AtomicU64::new(0),
@@ -332,9 +399,10 @@ impl Hub {
         &self.inner.registry
     }
 
-    /// Number of live connections (WebSocket and SSE).
-    pub(crate) fn connection_count(&self) -> usize {
-        self.inner.connections.load(Ordering::Relaxed)
+    /// WebSocket connections (authenticated or not) and SSE streams that
+    /// hold a place under `limits.max_connections`.
+    pub(crate) fn open_streams(&self) -> usize {
+        self.inner.admitted.load(Ordering::Relaxed)
     }
 
     /// A consistent-enough snapshot for `/metrics` (each shard read once).
@@ -355,6 +423,8 @@ impl Hub {
             published: self.inner.published.load(Ordering::Relaxed),
             deliveries: self.inner.deliveries.load(Ordering::Relaxed),
             cut_offs: self.inner.cut_offs.load(Ordering::Relaxed),
+            refused_node_full: self.inner.refused_node_full.load(Ordering::Relaxed),
+            refused_user_full: self.inner.refused_user_full.load(Ordering::Relaxed),
         }
     }
 
@@ -363,12 +433,68 @@ impl Hub {
         self.inner.engine.stats()
     }
 
-    /// Registers an authenticated (or anonymous) connection. Its pushes
-    /// arrive on the returned receiver; dropping the registration ends all
-    /// its subscriptions.
-    pub(crate) fn register(&self, identity: Option<Identity>) -> (Registration, Queue) {
+    /// Takes a place under `limits.max_connections` for a WebSocket or SSE
+    /// stream about to start, or refuses (and counts the refusal).
+    pub(crate) fn admit(&self) -> Result<Admission, Refused> {
+        let max = self.inner.limits.max_connections;
+        self.inner
+            .admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| self.refused(Refused::NodeFull { max }))?;
+        Ok(Admission {
+            hub: Arc::downgrade(&self.inner),
+        })
+    }
+
+    /// Refuses early (before an upgrade) when `user` has as many
+    /// connections as allowed; [`Self::register`] checks again.
+    pub(crate) fn check_user(&self, user: &str) -> Result<(), Refused> {
+        let max = self.inner.limits.max_connections_per_user;
+        let open = lock(&self.inner.users).get(user).map_or(0, HashMap::len);
+        if open >= max {
+            return Err(self.refused(Refused::UserFull { max }));
+        }
+        Ok(())
+    }
+
+    fn refused(&self, refused: Refused) -> Refused {
+        let counter = match refused {
+            Refused::NodeFull { .. } => &self.inner.refused_node_full,
+            Refused::UserFull { .. } => &self.inner.refused_user_full,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        refused
+    }
+
+    /// Registers an authenticated (or anonymous) connection, unless its
+    /// user already has `limits.max_connections_per_user` connections
+    /// (checked and counted under one lock, so concurrent connects cannot
+    /// overshoot). Its pushes arrive on the returned receiver; dropping the
+    /// registration ends all its subscriptions.
+    pub(crate) fn register(
+        &self,
+        identity: Option<Identity>,
+    ) -> Result<(Registration, Queue), Refused> {
+        let Some(user) = identity.as_ref().map(|i| Arc::<str>::from(i.user.as_str())) else {
+            return Ok(self.new_registration(None));
+        };
+        let max = self.inner.limits.max_connections_per_user;
+        let mut users = lock(&self.inner.users);
+        let connections = users.entry(user).or_default();
+        if connections.len() >= max {
+            drop(users);
+            return Err(self.refused(Refused::UserFull { max }));
+        }
+        let (registration, queue) = self.new_registration(identity);
+        connections.insert(registration.id, Arc::downgrade(&registration.connection));
+        Ok((registration, queue))
+    }
+
+    /// A registration, not yet listed under its user.
+    fn new_registration(&self, identity: Option<Identity>) -> (Registration, Queue) {
         let (queue, receiver) = mpsc::channel(self.inner.limits.queue_capacity);
-        let user: Option<Arc<str>> = identity.as_ref().map(|i| Arc::from(i.user.as_str()));
         let connection = Arc::new(Connection {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             identity: ArcSwapOption::from_pointee(identity),
@@ -379,12 +505,6 @@ impl Hub {
             cut_off_signal: Notify::new(),
         });
         self.inner.connections.fetch_add(1, Ordering::Relaxed);
-        if let Some(user) = user {
-            lock(&self.inner.users)
-                .entry(user)
-                .or_default()
-                .insert(connection.id, Arc::downgrade(&connection));
-        }
         let queue = Queue {
             receiver,
             connection: connection.clone(),

@@ -13,6 +13,16 @@ use crate::plugins::{PluginLimits, Registry};
 /// A hub over a directory holding only `public.wasm`; the directory is
 /// removed when the returned guard drops.
 fn hub(queue_capacity: usize, queue_max_bytes: usize) -> (Hub, TempDir) {
+    capped_hub(queue_capacity, queue_max_bytes, usize::MAX, usize::MAX)
+}
+
+/// [`hub`] with connection caps.
+fn capped_hub(
+    queue_capacity: usize,
+    queue_max_bytes: usize,
+    max_connections: usize,
+    max_connections_per_user: usize,
+) -> (Hub, TempDir) {
     let public = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/public.wasm");
     assert!(
         public.is_file(),
@@ -30,6 +40,8 @@ fn hub(queue_capacity: usize, queue_max_bytes: usize) -> (Hub, TempDir) {
             size: 100,
             ttl: Duration::from_secs(60),
         },
+        max_connections,
+        max_connections_per_user,
     };
     let hub = Hub::new(Arc::new(LiveRegistry::new(registry)), limits, |sink| {
         let lifetimes = Lifetimes {
@@ -92,8 +104,8 @@ fn drained(queue: &mut Queue) -> usize {
 #[tokio::test]
 async fn a_full_queue_detaches_the_connection_at_once() {
     let (hub, _dir) = hub(4, usize::MAX);
-    let (stalled, mut stalled_queue) = hub.register(Some(identity("ann")));
-    let (reader, mut reader_queue) = hub.register(Some(identity("bob")));
+    let (stalled, mut stalled_queue) = hub.register(Some(identity("ann"))).unwrap();
+    let (reader, mut reader_queue) = hub.register(Some(identity("bob"))).unwrap();
     hub.subscribe(&stalled, &news()).await.unwrap();
     hub.subscribe(&reader, &news()).await.unwrap();
     for n in 0..10 {
@@ -116,7 +128,7 @@ async fn a_full_queue_detaches_the_connection_at_once() {
 #[tokio::test]
 async fn the_byte_bound_cuts_off_like_the_count_and_is_released_on_receipt() {
     let (hub, _dir) = hub(1024, 2000);
-    let (conn, mut queue) = hub.register(Some(identity("ann")));
+    let (conn, mut queue) = hub.register(Some(identity("ann"))).unwrap();
     hub.subscribe(&conn, &news()).await.unwrap();
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(800));
     // Taken off as it comes: the bytes are released, no cut-off.
@@ -138,7 +150,7 @@ async fn the_byte_bound_cuts_off_like_the_count_and_is_released_on_receipt() {
 #[tokio::test]
 async fn one_push_larger_than_the_byte_bound_fits_an_empty_queue() {
     let (hub, _dir) = hub(1024, 100);
-    let (conn, mut queue) = hub.register(Some(identity("ann")));
+    let (conn, mut queue) = hub.register(Some(identity("ann"))).unwrap();
     hub.subscribe(&conn, &news()).await.unwrap();
     publish(&hub, &format!(r#"{{"pad":"{}"}}"#, "x".repeat(500))).await;
     assert_eq!(conn.cut_reason(), None);
@@ -148,9 +160,9 @@ async fn one_push_larger_than_the_byte_bound_fits_an_empty_queue() {
 #[tokio::test]
 async fn disconnecting_a_user_detaches_every_connection_and_refuses_later_subscribes() {
     let (hub, _dir) = hub(16, usize::MAX);
-    let (tab1, mut queue1) = hub.register(Some(identity("ann")));
-    let (tab2, _queue2) = hub.register(Some(identity("ann")));
-    let (other, mut other_queue) = hub.register(Some(identity("bob")));
+    let (tab1, mut queue1) = hub.register(Some(identity("ann"))).unwrap();
+    let (tab2, _queue2) = hub.register(Some(identity("ann"))).unwrap();
+    let (other, mut other_queue) = hub.register(Some(identity("bob"))).unwrap();
     for connection in [&tab1, &tab2, &other] {
         hub.subscribe(connection, &news()).await.unwrap();
     }
@@ -167,4 +179,41 @@ async fn disconnecting_a_user_detaches_every_connection_and_refuses_later_subscr
     let refusal = hub.subscribe(&tab1, &channel).await.unwrap_err();
     assert_eq!(refusal.code, ErrorCode::Forbidden, "{}", refusal.message);
     assert_eq!(hub.channels("public:later"), vec![]);
+}
+
+#[tokio::test]
+async fn the_global_cap_counts_admissions_and_frees_them_on_drop() {
+    let (hub, _dir) = capped_hub(16, usize::MAX, 2, usize::MAX);
+    let first = hub.admit().unwrap();
+    let _second = hub.admit().unwrap();
+    assert_eq!(hub.admit().unwrap_err(), Refused::NodeFull { max: 2 });
+    assert_eq!(hub.open_streams(), 2);
+    drop(first);
+    let _third = hub.admit().unwrap();
+    assert_eq!(hub.stats().refused_node_full, 1);
+    assert_eq!(
+        hub.admit().unwrap_err().refusal().code,
+        ErrorCode::Unavailable
+    );
+}
+
+#[tokio::test]
+async fn the_per_user_cap_is_per_user_and_freed_when_a_connection_goes() {
+    let (hub, _dir) = capped_hub(16, usize::MAX, usize::MAX, 2);
+    let (tab1, _q1) = hub.register(Some(identity("ann"))).unwrap();
+    let (_tab2, _q2) = hub.register(Some(identity("ann"))).unwrap();
+    assert!(hub.check_user("ann").is_err());
+    let refused = hub.register(Some(identity("ann"))).unwrap_err();
+    assert_eq!(refused, Refused::UserFull { max: 2 });
+    assert_eq!(refused.refusal().code, ErrorCode::RateLimited);
+    // Other users and anonymous connections are not counted against ann.
+    assert!(hub.check_user("bob").is_ok());
+    let (_bob, _qb) = hub.register(Some(identity("bob"))).unwrap();
+    for _ in 0..3 {
+        let _anonymous = hub.register(None).unwrap();
+    }
+    drop(tab1);
+    assert!(hub.check_user("ann").is_ok());
+    let (_tab3, _q3) = hub.register(Some(identity("ann"))).unwrap();
+    assert_eq!(hub.stats().refused_user_full, 2);
 }

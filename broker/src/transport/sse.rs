@@ -27,7 +27,7 @@ use crate::api::ApiError;
 use crate::auth;
 use crate::channel::ChannelName;
 use crate::engine::Position;
-use crate::hub::{self, CutOff, Push, Queue, Registration, Subscribed};
+use crate::hub::{self, Admission, CutOff, Push, Queue, Registration, Subscribed};
 use crate::protocol::{self, ErrorCode, Refusal};
 use crate::server::AppState;
 
@@ -55,6 +55,7 @@ pub(crate) async fn stream(
 }
 
 async fn open(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, ApiError> {
+    let admission = app.hub.admit().map_err(|r| ApiError::from(r.refusal()))?;
     let params: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
     let mut token = auth::bearer_token(headers).map(str::to_string);
@@ -120,7 +121,10 @@ async fn open(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Respon
     let expires = identity
         .as_ref()
         .and_then(|i| super::token_deadline(i, app.config.jwt.leeway_seconds));
-    let (registration, queue) = app.hub.register(identity);
+    let (registration, queue) = app
+        .hub
+        .register(identity)
+        .map_err(|r| ApiError::from(r.refusal()))?;
     let mut opened = Vec::with_capacity(channels.len());
     for channel in &channels {
         let from = match &resume_from {
@@ -220,6 +224,7 @@ async fn open(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Respon
     }
 
     let live = Live {
+        _admission: admission,
         registration,
         queue,
         cursor,
@@ -242,6 +247,8 @@ async fn open(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Respon
 /// `disconnect` event when the hub cuts it off, the token expires or the
 /// server shuts down.
 struct Live {
+    /// The stream's place under `limits.max_connections`.
+    _admission: Admission,
     registration: Registration,
     queue: Queue,
     cursor: Cursor,

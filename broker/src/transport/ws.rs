@@ -13,15 +13,16 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::time::{Instant, MissedTickBehavior, Sleep};
 
+use crate::api::ApiError;
 use crate::auth::Identity;
 use crate::engine::Position;
-use crate::hub::{self, CutOff, Push, Queue, Registration};
+use crate::hub::{self, CutOff, Push, Queue, Refused, Registration};
 use crate::plugins::PublishSource;
 use crate::protocol::{self, Command, CommandKind, ErrorCode, Recover, Refusal};
 use crate::server::AppState;
@@ -35,6 +36,7 @@ mod close_code {
     pub(super) const NO_PONG: u16 = 4002;
     pub(super) const TOKEN_EXPIRED: u16 = 4004;
     pub(super) const SLOW_CONSUMER: u16 = 4008;
+    pub(super) const TOO_MANY_CONNECTIONS: u16 = 4009;
 }
 
 /// Most pushes drained from the queue into one flush.
@@ -55,6 +57,20 @@ pub(crate) async fn upgrade(
     State(app): State<AppState>,
     Query(params): Query<WsParams>,
 ) -> Response {
+    // The caps, before the upgrade: a plain HTTP refusal any client can read.
+    let admission = match app.hub.admit() {
+        Ok(admission) => admission,
+        Err(refused) => return refuse(refused),
+    };
+    if let Some(identity) = params
+        .token
+        .as_deref()
+        .and_then(|token| app.verifier.verify(token).ok())
+    {
+        if let Err(refused) = app.hub.check_user(&identity.user) {
+            return refuse(refused);
+        }
+    }
     let ws = &app.config.websocket;
     let max_frame = app.config.limits.max_frame_bytes;
     upgrade
@@ -63,6 +79,7 @@ pub(crate) async fn upgrade(
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
         .on_upgrade(move |socket| async move {
+            let _admission = admission;
             let mut session = Session {
                 socket,
                 app,
@@ -72,6 +89,12 @@ pub(crate) async fn upgrade(
             };
             session.run(params.token).await;
         })
+}
+
+/// A refusal over a connection cap as an HTTP answer (503 or 429).
+fn refuse(refused: Refused) -> Response {
+    tracing::debug!("websocket refused: {}", refused.label());
+    ApiError::from(refused.refusal()).into_response()
 }
 
 struct Session {
@@ -174,7 +197,22 @@ impl Session {
         self.expires = identity
             .as_ref()
             .and_then(|i| super::token_deadline(i, self.app.config.jwt.leeway_seconds));
-        let (registration, mut queue) = self.app.hub.register(identity);
+        let (registration, mut queue) = match self.app.hub.register(identity) {
+            Ok(registered) => registered,
+            Err(refused) => {
+                // Over the per-user cap, found only now (token in `connect`, or a race).
+                let refusal = refused.refusal();
+                if self
+                    .send_text(protocol::error_reply(connect_id, &refusal))
+                    .await
+                    .is_ok()
+                {
+                    self.close(close_code::TOO_MANY_CONNECTIONS, &refusal.message)
+                        .await;
+                }
+                return;
+            }
+        };
         let ws = &self.app.config.websocket;
         let pong_timeout = Duration::from_secs(ws.pong_timeout_seconds);
         let mut ping = tokio::time::interval(Duration::from_secs(ws.ping_interval_seconds.max(1)));
