@@ -33,20 +33,23 @@ fn build() -> anyhow::Result<PathBuf> {
     // `cargo test` releases its build lock before it runs tests, so a nested build is fine.
     let output = Command::new(env!("CARGO"))
         .current_dir(workspace_root())
-        // `--workspace --bins`, not `-p stellwerk`: the same feature unification as the
-        // `cargo test --workspace` that runs us, so the dependencies it just compiled are
-        // reused instead of being rebuilt with a narrower feature set (minutes on 2 cores).
+        // `--workspace --bins --tests`, not `-p stellwerk`: the same feature unification as
+        // the `cargo test --workspace` that runs us (dev-dependencies such as tokio's
+        // `test-util` only count when test targets are built), so the dependencies it just
+        // compiled are reused instead of being rebuilt with another feature set (wasmtime:
+        // many minutes on 2 cores). The test targets are already built: no extra work.
         .args([
             "build",
             "--workspace",
             "--bins",
+            "--tests",
             "--message-format=json-render-diagnostics",
         ])
         .output()
         .context("running cargo build")?;
     if !output.status.success() {
         bail!(
-            "cargo build --workspace --bins failed ({}):\n{}",
+            "cargo build --workspace --bins --tests failed ({}):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
@@ -56,7 +59,12 @@ fn build() -> anyhow::Result<PathBuf> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "stellwerk" {
+        // Not the `stellwerk` bin's unit-test harness, which `--tests` builds as well.
+        if msg["reason"] == "compiler-artifact"
+            && msg["target"]["name"] == "stellwerk"
+            && msg["target"]["kind"][0] == "bin"
+            && msg["profile"]["test"] == false
+        {
             if let Some(exe) = msg["executable"].as_str() {
                 return Ok(PathBuf::from(exe));
             }

@@ -443,10 +443,14 @@ async fn a_stalled_sse_stream_is_deregistered_at_the_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_without_progress_ends_the_connection_at_the_write_timeout() {
-    // Below both queue bounds, so only the write timeout can end the stalled connection.
-    const MESSAGES: usize = 100;
+    // More than the kernel's socket buffers take (loopback autotunes the send buffer up to
+    // `net.ipv4.tcp_wmem`'s 4 MiB) so that the broker's write really blocks, and below both
+    // queue bounds (raised here), so only the write timeout can end the stalled connection.
+    const MESSAGES: usize = 600;
     let server = Server::builder()
         .env("STELLWERK_WEBSOCKET_WRITE_TIMEOUT_SECONDS", 2)
+        .env("STELLWERK_LIMITS_QUEUE_CAPACITY", 4096)
+        .env("STELLWERK_LIMITS_QUEUE_MAX_BYTES", 64 << 20)
         .start()
         .await;
     let channel = "public:stuck";

@@ -303,14 +303,16 @@ impl Session {
     ) -> bool {
         match sent {
             Ok(Ok(())) => true,
-            Ok(Err(WriteError::Socket(error))) => {
+            Ok(Err(WriteError::Socket(error))) if !is_timed_out(&error) => {
                 tracing::debug!(
                     connection = registration.id(),
                     "websocket write failed: {error}"
                 );
                 false
             }
-            Ok(Err(WriteError::Stalled)) => {
+            // The socket's own write deadline (`listener::WriteDeadline`, the
+            // same setting) may fire first: the same story for the log.
+            Ok(Err(WriteError::Socket(_) | WriteError::Stalled)) => {
                 // Nothing more can be written: no close handshake, just drop.
                 tracing::info!(
                     connection = registration.id(),
@@ -755,4 +757,21 @@ fn truncate_reason(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_string()
+}
+
+/// Whether a socket error is the write deadline running out.
+fn is_timed_out(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        if let Some(tokio_tungstenite::tungstenite::Error::Io(io)) =
+            error.downcast_ref::<tokio_tungstenite::tungstenite::Error>()
+        {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = error.source();
+    }
+    false
 }
