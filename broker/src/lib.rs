@@ -18,6 +18,7 @@
 //! - `engine`: offsets, epochs and history per channel (in memory for now).
 //! - `metrics`: counters and histograms for `GET /metrics`.
 //! - `server`: wires it all together and runs until shutdown.
+//! - `request_log`: a debug line per HTTP request, credentials in the query redacted.
 
 pub(crate) mod api;
 pub mod auth;
@@ -28,6 +29,7 @@ pub(crate) mod hub;
 pub(crate) mod metrics;
 pub(crate) mod plugins;
 pub(crate) mod protocol;
+mod request_log;
 mod server;
 pub(crate) mod transport;
 

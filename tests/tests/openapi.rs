@@ -15,6 +15,8 @@ use stellwerk_e2e::{random_hex, Server};
 const COURSE: &str = "a07535cf2f8a72df33c12ddfa4b53dde";
 const CHAT: &str = "course:a07535cf2f8a72df33c12ddfa4b53dde:chat";
 const ADA: &str = "e7a0a84b161f3e8c09b4a0a2e8a58147";
+/// The page origin the broker allows (`allowed_origins`).
+const STUDIP: &str = "https://studip.example.org";
 /// Plugin uploads above this are refused on the main broker (413); the test plugins are
 /// about 110 KiB.
 const MAX_UPLOAD: usize = 512 * 1024;
@@ -50,7 +52,7 @@ const NOT_PROVOKED: [(&str, &str, u16, &str); 4] = [
     ),
 ];
 
-const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
+const METHODS: [&str; 6] = ["get", "post", "put", "delete", "patch", "options"];
 
 fn load_document() -> Value {
     let path = workspace_root().join("docs").join("openapi.json");
@@ -186,10 +188,29 @@ impl Contract {
         bearer: Option<&str>,
         body: Body,
     ) -> (u16, Value) {
+        self.call_with(server, method, template, path, &[], bearer, body)
+            .await
+    }
+
+    /// [`Self::call`] with extra request headers (`Origin`).
+    #[allow(clippy::too_many_arguments)]
+    async fn call_with(
+        &mut self,
+        server: &Server,
+        method: &str,
+        template: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        bearer: Option<&str>,
+        body: Body,
+    ) -> (u16, Value) {
         assert_matches_template(template, path);
         let what = format!("{} {path}", method.to_uppercase());
         let verb = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
         let mut req = self.http.request(verb, server.http_url(path));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(token) = bearer {
             req = req.bearer_auth(token);
         }
@@ -215,7 +236,18 @@ impl Contract {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let text = resp.text().await.unwrap_or_default();
+        let text = if content_type.starts_with("text/event-stream") {
+            // An endless stream: its first chunk (`retry:` and the first events) will do.
+            let mut resp = resp;
+            let chunk = tokio::time::timeout(HTTP_TIMEOUT, resp.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("{what}: no event within {HTTP_TIMEOUT:?}"))
+                .unwrap_or_else(|e| panic!("{what}: {e}"))
+                .unwrap_or_default();
+            String::from_utf8_lossy(&chunk).into_owned()
+        } else {
+            resp.text().await.unwrap_or_default()
+        };
 
         let op = self.operation(template, method).clone();
         let Some(response) = op["responses"].get(status.to_string()) else {
@@ -226,6 +258,15 @@ impl Contract {
             );
         };
         let response = self.inline(response);
+        if status == 204 {
+            assert!(
+                response.get("content").is_none() && text.is_empty(),
+                "{what} {status}: no content, documented and sent"
+            );
+            self.seen
+                .insert((template.to_owned(), method.to_owned(), status));
+            return (status, Value::Null);
+        }
         let content = response["content"]
             .as_object()
             .unwrap_or_else(|| panic!("{what} {status}: no `content` documented"));
@@ -385,10 +426,10 @@ fn every_routed_http_endpoint_is_documented_and_nothing_else() {
         .into_iter()
         .map(|(path, method, _)| (path, method))
         .collect();
-    // The two streaming transports are specified in docs/protocol.md.
+    // The WebSocket is specified in docs/protocol.md (`/sse` is here for its HTTP answers).
     let routed: BTreeSet<(String, String)> = routed_operations()
         .into_iter()
-        .filter(|(path, _)| path != "/ws" && path != "/sse")
+        .filter(|(path, _)| path != "/ws")
         .collect();
     assert!(
         routed.contains(&("/api/publish".into(), "post".into())),
@@ -403,12 +444,13 @@ fn every_routed_http_endpoint_is_documented_and_nothing_else() {
 #[tokio::test]
 async fn every_documented_answer_is_what_the_server_sends() {
     // A directory of its own: the admin API writes into it.
-    let dir = PluginDir::with(&["public", "course", "user", "panicky"]);
+    let dir = PluginDir::with(&["public", "course", "user", "panicky", "spin"]);
     let empty = PluginDir::with(&[]);
     let admin = random_hex(16);
     let server = Server::builder()
         .plugins_dir(dir.path())
         .env("STELLWERK_ADMIN_TOKEN", &admin)
+        .env("STELLWERK_ALLOWED_ORIGINS", STUDIP)
         .env("STELLWERK_PLUGINS_MAX_UPLOAD_BYTES", MAX_UPLOAD)
         .start()
         .await;
@@ -679,6 +721,9 @@ async fn every_documented_answer_is_what_the_server_sends() {
         .await;
     assert_eq!(status, 404);
 
+    // ----- /sse and its preflight -----
+    check_sse(&mut c, &server).await;
+
     // ----- the admin API -----
     check_admin_api(&mut c, &server, &bare, dir.path(), admin, key).await;
 
@@ -698,6 +743,62 @@ async fn every_documented_answer_is_what_the_server_sends() {
         "documented in docs/openapi.json but never answered in this test:\n  {}",
         missing.join("\n  ")
     );
+}
+
+async fn check_sse(c: &mut Contract, server: &Server) {
+    let token = server.mint(
+        ADA,
+        json!({"perm": "autor", "courses": { COURSE: "autor" }}),
+        Duration::from_secs(600),
+    );
+    let stranger = server.token("u-stranger");
+    let studip = [("Origin", STUDIP)];
+    let evil = [("Origin", "https://evil.example.net")];
+    for (path, headers, want) in [
+        (
+            format!("/sse?channel=public:news&token={token}"),
+            &studip[..],
+            200,
+        ),
+        (
+            format!("/sse?channel=public:news&token={token}"),
+            &[][..],
+            200,
+        ),
+        (format!("/sse?token={token}"), &studip[..], 400),
+        ("/sse?channel=public:news".to_owned(), &studip[..], 401),
+        (
+            format!("/sse?channel=public:news&token={token}"),
+            &evil[..],
+            403,
+        ),
+        (
+            format!("/sse?channel={CHAT}&token={stranger}"),
+            &[][..],
+            403,
+        ),
+        (format!("/sse?channel=nobody:x&token={token}"), &[][..], 404),
+        (format!("/sse?channel=spin:x&token={token}"), &[][..], 500),
+    ] {
+        let (status, body) = c
+            .call_with(server, "get", "/sse", &path, headers, None, Body::None)
+            .await;
+        assert_eq!(status, want, "GET {path} with {headers:?}: {body}");
+    }
+    for (headers, want) in [(&studip[..], 204), (&evil[..], 403)] {
+        let (status, body) = c
+            .call_with(
+                server,
+                "options",
+                "/sse",
+                "/sse?channel=public:news",
+                headers,
+                None,
+                Body::None,
+            )
+            .await;
+        assert_eq!(status, want, "OPTIONS /sse with {headers:?}: {body}");
+    }
 }
 
 async fn check_admin_api(
