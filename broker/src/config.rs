@@ -695,7 +695,10 @@ impl Config {
                 ("engine", "channel_idle_seconds"),
                 self.engine.channel_idle_seconds,
             ),
-            (("engine", "max_history_bytes"), self.engine.max_history_bytes),
+            (
+                ("engine", "max_history_bytes"),
+                self.engine.max_history_bytes,
+            ),
         ] {
             if value == 0 {
                 return Err(Problem::new(&[key], "must be greater than 0"));

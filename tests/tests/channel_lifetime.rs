@@ -162,12 +162,19 @@ async fn a_quiet_channels_history_is_gone_after_its_age_without_a_publish() {
     let history = ws
         .request(json!({"type": "history", "channel": channel}))
         .await;
-    assert_eq!(history["messages"].as_array().map(Vec::len), Some(3), "{history}");
+    assert_eq!(
+        history["messages"].as_array().map(Vec::len),
+        Some(3),
+        "{history}"
+    );
     assert_eq!(gauge(&server, "stellwerk_history_messages").await, 3);
     assert!(gauge(&server, "stellwerk_history_bytes").await > 0);
 
     // Nothing is published any more: the sweeper alone drops the messages, then the channel.
-    assert_eq!(settles_at(&server, "stellwerk_history_messages", 0).await, 0);
+    assert_eq!(
+        settles_at(&server, "stellwerk_history_messages", 0).await,
+        0
+    );
     assert_eq!(gauge(&server, "stellwerk_history_bytes").await, 0);
     assert_eq!(settles_at(&server, "stellwerk_engine_channels", 0).await, 0);
     let history = ws
@@ -217,7 +224,11 @@ async fn the_history_budget_evicts_the_oldest_channel_first_and_recovery_says_so
 
     // 80 KB were published: the oldest messages, all of `old`'s channel, went first.
     let (_, newer) = kept(&server, new).await;
-    assert_eq!(newer, vec![1, 2, 3, 4, 5, 6], "the newest channel keeps all");
+    assert_eq!(
+        newer,
+        vec![1, 2, 3, 4, 5, 6],
+        "the newest channel keeps all"
+    );
     let (epoch, older) = kept(&server, old).await;
     assert_eq!(epoch, old_epoch, "eviction keeps the epoch");
     assert!(

@@ -122,7 +122,10 @@ async fn a_stalled_subscriber_is_deregistered_at_the_cut_and_sent_nothing_after_
             .await;
         published.push(result["offset"].as_u64().unwrap());
         let push = reader_ws.recv_json().await;
-        assert_eq!(push["offset"], result["offset"], "the reader keeps up: {push}");
+        assert_eq!(
+            push["offset"], result["offset"],
+            "the reader keeps up: {push}"
+        );
         if subscribers(&server, channel).await == 1 {
             deregistered = true;
             break;
@@ -156,10 +159,20 @@ async fn a_stalled_subscriber_is_deregistered_at_the_cut_and_sent_nothing_after_
     assert!(
         drained.offsets.iter().all(|&o| o < first_after_cut),
         "messages published after the cut reached the stalled client: {:?}",
-        drained.offsets.iter().filter(|&&o| o >= first_after_cut).collect::<Vec<_>>()
+        drained
+            .offsets
+            .iter()
+            .filter(|&&o| o >= first_after_cut)
+            .collect::<Vec<_>>()
     );
-    assert_eq!(drained.after_disconnect, 0, "a message after the disconnect push");
-    assert!(drained.offsets.len() < cut_at, "the stalled client cannot have got everything");
+    assert_eq!(
+        drained.after_disconnect, 0,
+        "a message after the disconnect push"
+    );
+    assert!(
+        drained.offsets.len() < cut_at,
+        "the stalled client cannot have got everything"
+    );
     if let Some(code) = drained.disconnect {
         assert_eq!(code, 4008);
     }
@@ -223,7 +236,9 @@ async fn a_stalled_subscriber_is_deregistered_by_the_disconnect_api_at_once() {
         .await
         .expect("metrics body");
     assert!(
-        metrics.lines().any(|l| l == "stellwerk_slow_consumers_total 0"),
+        metrics
+            .lines()
+            .any(|l| l == "stellwerk_slow_consumers_total 0"),
         "{metrics}"
     );
 
@@ -236,7 +251,10 @@ async fn a_stalled_subscriber_is_deregistered_by_the_disconnect_api_at_once() {
     );
     let first_after_cut = published[MESSAGES];
     assert!(drained.offsets.iter().all(|&o| o < first_after_cut));
-    assert_eq!(drained.after_disconnect, 0, "a message after the disconnect push");
+    assert_eq!(
+        drained.after_disconnect, 0,
+        "a message after the disconnect push"
+    );
     if let Some(code) = drained.disconnect {
         assert_eq!(code, 4003);
     }
@@ -301,7 +319,9 @@ async fn a_queue_over_its_byte_bound_is_cut_off_with_4008() {
         .await
         .expect("metrics body");
     assert!(
-        metrics.lines().any(|l| l == "stellwerk_slow_consumers_total 1"),
+        metrics
+            .lines()
+            .any(|l| l == "stellwerk_slow_consumers_total 1"),
         "{metrics}"
     );
 
@@ -313,7 +333,10 @@ async fn a_queue_over_its_byte_bound_is_cut_off_with_4008() {
         drained.close
     );
     assert!(drained.offsets.len() < cut_at);
-    assert_eq!(drained.after_disconnect, 0, "a message after the disconnect push");
+    assert_eq!(
+        drained.after_disconnect, 0,
+        "a message after the disconnect push"
+    );
     if let Some(code) = drained.disconnect {
         assert_eq!(code, 4008);
     }
@@ -390,7 +413,11 @@ async fn a_stalled_sse_stream_is_deregistered_at_the_cut() {
     })
     .await
     .expect("response head within 10 s");
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     let (mut reader_ws, _) = server.subscriber("u-reader", channel).await;
     assert_eq!(subscribers(&server, channel).await, 2);
 

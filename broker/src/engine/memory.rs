@@ -473,7 +473,11 @@ impl MemoryEngine {
             if let Some(log) = shard.logs.get_mut(&oldest.channel) {
                 if log.id == oldest.log {
                     let mut ages = lock(&self.ages);
-                    while log.history.front().is_some_and(|e| e.offset <= oldest.offset) {
+                    while log
+                        .history
+                        .front()
+                        .is_some_and(|e| e.offset <= oldest.offset)
+                    {
                         if let Some(entry) = log.history.pop_front() {
                             ages.unlink(entry.node);
                             removed += 1;
@@ -656,7 +660,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -702,7 +705,11 @@ mod tests {
     }
 
     fn subscribers(engine: &MemoryEngine, channel: &ChannelName) -> Option<usize> {
-        engine.shard(channel).logs.get(channel).map(|l| l.subscribers)
+        engine
+            .shard(channel)
+            .logs
+            .get(channel)
+            .map(|l| l.subscribers)
     }
 
     async fn attach(engine: &MemoryEngine, channel: &ChannelName) -> Position {
@@ -714,7 +721,11 @@ mod tests {
     }
 
     /// What a recovery from `from` replays, by offset.
-    async fn recover(engine: &MemoryEngine, channel: &ChannelName, from: Position) -> Option<Vec<u64>> {
+    async fn recover(
+        engine: &MemoryEngine,
+        channel: &ChannelName,
+        from: Position,
+    ) -> Option<Vec<u64>> {
         let missed = engine
             .attach(channel, Some(&from), policy(10), Box::new(|_| {}))
             .await
@@ -803,16 +814,23 @@ mod tests {
             lock(&engine.ages).nodes.len() <= 4,
             "the age list reuses its nodes: it never holds more than were kept at once"
         );
-        engine
-            .publish(&a, Arc::from("x"), policy(0))
-            .await
-            .unwrap();
+        engine.publish(&a, Arc::from("x"), policy(0)).await.unwrap();
         let (_, kept) = engine.history(&a, 10, None, policy(0)).await.unwrap();
         assert!(kept.is_empty(), "size 0 keeps nothing");
-        assert_eq!((engine.stats().history_messages, engine.stats().history_bytes), (0, 0));
+        assert_eq!(
+            (
+                engine.stats().history_messages,
+                engine.stats().history_bytes
+            ),
+            (0, 0)
+        );
     }
 
-    async fn engine_with(channel: &ChannelName, messages: u64, keep: usize) -> (MemoryEngine, Arc<dyn Sink>) {
+    async fn engine_with(
+        channel: &ChannelName,
+        messages: u64,
+        keep: usize,
+    ) -> (MemoryEngine, Arc<dyn Sink>) {
         let (engine, sink) = engine(u64::MAX);
         for i in 1..=messages {
             engine
@@ -915,14 +933,22 @@ mod tests {
         engine.history(&a, 10, None, policy(10)).await.unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
         engine.sweep().await;
-        assert_eq!(engine.stats().channels, 1, "used {:?} ago", Duration::from_secs(2));
+        assert_eq!(
+            engine.stats().channels,
+            1,
+            "used {:?} ago",
+            Duration::from_secs(2)
+        );
         tokio::time::advance(IDLE).await;
         engine.sweep().await;
         assert_eq!(engine.stats().channels, 0, "idle for {IDLE:?}: freed");
         assert!(engine.shard(&a).rota.is_empty());
 
         let again = attach(&engine, &a).await;
-        assert_ne!(again.epoch, first.epoch, "a freed channel starts a new epoch");
+        assert_ne!(
+            again.epoch, first.epoch,
+            "a freed channel starts a new epoch"
+        );
         assert_eq!(
             recover(&engine, &a, first).await,
             None,
@@ -945,7 +971,11 @@ mod tests {
             .unwrap();
         tokio::time::advance(Duration::from_secs(59)).await;
         engine.sweep().await;
-        assert_eq!(engine.stats().channels, 2, "a subscriber, and 59 s old history");
+        assert_eq!(
+            engine.stats().channels,
+            2,
+            "a subscriber, and 59 s old history"
+        );
         assert_eq!(subscribers(&engine, &watched), Some(1));
         // The history (60 s) expires; last used 61 s ago, `kept` goes at once.
         tokio::time::advance(Duration::from_secs(2)).await;
@@ -968,7 +998,10 @@ mod tests {
             ttl: Duration::from_secs(5),
         };
         for i in 0..3 {
-            engine.publish(&a, Arc::from(i.to_string()), short).await.unwrap();
+            engine
+                .publish(&a, Arc::from(i.to_string()), short)
+                .await
+                .unwrap();
         }
         tokio::time::advance(Duration::from_secs(4)).await;
         engine.sweep().await;
@@ -977,7 +1010,12 @@ mod tests {
         engine.sweep().await;
         let stats = engine.stats();
         assert_eq!((stats.history_messages, stats.history_bytes), (0, 0));
-        assert_eq!(stats.channels, 1, "expired, but used {:?} ago", Duration::from_secs(6));
+        assert_eq!(
+            stats.channels,
+            1,
+            "expired, but used {:?} ago",
+            Duration::from_secs(6)
+        );
         tokio::time::advance(IDLE).await;
         engine.sweep().await;
         assert_eq!(engine.stats().channels, 0);
@@ -987,7 +1025,11 @@ mod tests {
     async fn the_budget_evicts_the_oldest_messages_of_all_channels_first() {
         let cost = 1 + MESSAGE_OVERHEAD;
         let (engine, _sink) = engine(3 * cost);
-        let (a, b, c) = (channel("public:a"), channel("public:b"), channel("public:c"));
+        let (a, b, c) = (
+            channel("public:a"),
+            channel("public:b"),
+            channel("public:c"),
+        );
         let mut epochs = HashMap::new();
         for (channel, data) in [(&a, "1"), (&b, "2"), (&a, "3"), (&c, "4"), (&b, "5")] {
             let position = engine
@@ -999,8 +1041,14 @@ mod tests {
         let kept = |channel: ChannelName| {
             let engine = &engine;
             async move {
-                let (_, messages) = engine.history(&channel, 10, None, policy(10)).await.unwrap();
-                messages.iter().map(|m| m.data.to_string()).collect::<Vec<_>>()
+                let (_, messages) = engine
+                    .history(&channel, 10, None, policy(10))
+                    .await
+                    .unwrap();
+                messages
+                    .iter()
+                    .map(|m| m.data.to_string())
+                    .collect::<Vec<_>>()
             }
         };
         // "1" (a) and "2" (b) were the oldest: gone; the three latest fit.
@@ -1009,7 +1057,11 @@ mod tests {
         assert_eq!(kept(c.clone()).await, vec!["4"]);
         let stats = engine.stats();
         assert_eq!(
-            (stats.history_messages, stats.history_bytes, stats.history_evicted),
+            (
+                stats.history_messages,
+                stats.history_bytes,
+                stats.history_evicted
+            ),
             (3, 3 * cost, 2)
         );
         let from = |channel: &ChannelName, offset| Position {
@@ -1061,7 +1113,11 @@ mod tests {
             .publish(&a, Arc::from("1"), policy(10))
             .await
             .unwrap();
-        assert_eq!(subscribers(&engine, &a), Some(0), "applied on the next lock");
+        assert_eq!(
+            subscribers(&engine, &a),
+            Some(0),
+            "applied on the next lock"
+        );
     }
 
     #[test]
@@ -1109,7 +1165,9 @@ mod tests {
         assert_eq!(weak.strong_count(), 0, "the sweeper keeps no engine alive");
         tokio::time::sleep(IDLE).await;
         assert_eq!(
-            tokio::runtime::Handle::current().metrics().num_alive_tasks(),
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
             0,
             "the sweeper ended with the engine"
         );

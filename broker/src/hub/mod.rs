@@ -366,10 +366,7 @@ impl Hub {
     /// Registers an authenticated (or anonymous) connection. Its pushes
     /// arrive on the returned receiver; dropping the registration ends all
     /// its subscriptions.
-    pub(crate) fn register(
-        &self,
-        identity: Option<Identity>,
-    ) -> (Registration, Queue) {
+    pub(crate) fn register(&self, identity: Option<Identity>) -> (Registration, Queue) {
         let (queue, receiver) = mpsc::channel(self.inner.limits.queue_capacity);
         let user: Option<Arc<str>> = identity.as_ref().map(|i| Arc::from(i.user.as_str()));
         let connection = Arc::new(Connection {

@@ -266,7 +266,10 @@ impl Session {
         match sent {
             Ok(Ok(())) => true,
             Ok(Err(WriteError::Socket(error))) => {
-                tracing::debug!(connection = registration.id(), "websocket write failed: {error}");
+                tracing::debug!(
+                    connection = registration.id(),
+                    "websocket write failed: {error}"
+                );
                 false
             }
             Ok(Err(WriteError::Stalled)) => {
@@ -579,7 +582,11 @@ impl Session {
     }
 
     /// Writes `first` and whatever else is queued, then flushes once.
-    async fn write_pushes(&mut self, first: Arc<Push>, queue: &mut Queue) -> Result<(), WriteError> {
+    async fn write_pushes(
+        &mut self,
+        first: Arc<Push>,
+        queue: &mut Queue,
+    ) -> Result<(), WriteError> {
         if self.batch {
             let Some(second) = queue.try_recv() else {
                 // Nothing else queued: send the shared frame, no copy.
