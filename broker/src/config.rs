@@ -35,6 +35,9 @@ const ENV_PREFIX: &str = "STELLWERK_";
 /// `STELLWERK_*` variables that are not settings, so they are not "unknown".
 const NOT_SETTINGS: &[&str] = &[CONFIG_FILE_ENV];
 
+/// Settings that a variable cannot express (`(section, key)`).
+const FILE_ONLY: &[(&str, &str)] = &[("jwt", "keys")];
+
 /// Upper bound for `jwt.leeway_seconds`: more skew than this means broken clocks, and a
 /// huge value would make every expired token valid.
 pub(crate) const MAX_LEEWAY_SECONDS: u64 = 3600;
@@ -58,6 +61,12 @@ pub struct Config {
     pub shutdown_timeout_seconds: u64,
     /// `[http]`: timeouts of every listener.
     pub http: HttpConfig,
+    /// Key material for SSE cursor signatures; `None`: derived from `api_key`. Its own
+    /// secret lets the API key rotate without invalidating the cursors browsers hold.
+    pub cursor_secret: Option<String>,
+    /// Origins (`https://studip.example.org`) whose pages may open `/ws` and `/sse`;
+    /// empty: any page may.
+    pub allowed_origins: Vec<String>,
     /// `[jwt]`: how client tokens are verified.
     pub jwt: JwtConfig,
     /// `[plugins]`: where plugins live and how they are sandboxed.
@@ -72,7 +81,8 @@ pub struct Config {
     pub engine: EngineConfig,
 }
 
-/// `[jwt]`: exactly one of `secret` (HS256) and `public_key_file` (RS256/ES256/EdDSA).
+/// `[jwt]`: at most one of `secret` (HS256) and `public_key_file` (RS256/ES256/EdDSA) for
+/// tokens without `kid`, plus any number of `[[jwt.keys]]` selected by the token's `kid`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
@@ -80,8 +90,30 @@ pub struct JwtConfig {
     pub secret: Option<String>,
     /// PEM public key; the algorithm follows from the key type.
     pub public_key_file: Option<PathBuf>,
+    /// Keys selected by the token header's `kid`, so that a new key can be added before
+    /// Stud.IP signs with it and the old one removed after its tokens have expired.
+    pub keys: Vec<JwtKeyConfig>,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
     /// Clock leeway for `exp`, `nbf` and `iat`, at most one hour.
     pub leeway_seconds: u64,
+}
+
+/// One `[[jwt.keys]]` entry: a `kid` and exactly one of `secret` and `public_key_file`,
+/// which fixes the algorithm of the tokens it verifies.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeyConfig {
+    /// The `kid` a token's header names to be verified with this key.
+    pub kid: String,
+    /// HS256 shared secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// PEM public key (RS256, ES256 or EdDSA, by key type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
 }
 
 /// `[plugins]`: the plugin directory and the sandbox of every plugin call.
@@ -210,6 +242,8 @@ impl Default for Config {
             allow_anonymous: false,
             shutdown_timeout_seconds: 10,
             http: HttpConfig::default(),
+            cursor_secret: None,
+            allowed_origins: Vec::new(),
             jwt: JwtConfig::default(),
             plugins: PluginsConfig::default(),
             limits: LimitsConfig::default(),
@@ -225,6 +259,9 @@ impl Default for JwtConfig {
         JwtConfig {
             secret: None,
             public_key_file: None,
+            keys: Vec::new(),
+            audience: None,
+            issuer: None,
             leeway_seconds: 30,
         }
     }
@@ -325,6 +362,8 @@ impl fmt::Debug for Config {
             .field("allow_anonymous", &self.allow_anonymous)
             .field("shutdown_timeout_seconds", &self.shutdown_timeout_seconds)
             .field("http", &self.http)
+            .field("cursor_secret", &Redacted(&self.cursor_secret))
+            .field("allowed_origins", &self.allowed_origins)
             .field("jwt", &self.jwt)
             .field("plugins", &self.plugins)
             .field("limits", &self.limits)
@@ -340,7 +379,20 @@ impl fmt::Debug for JwtConfig {
         f.debug_struct("JwtConfig")
             .field("secret", &Redacted(&self.secret))
             .field("public_key_file", &self.public_key_file)
+            .field("keys", &self.keys)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
             .field("leeway_seconds", &self.leeway_seconds)
+            .finish()
+    }
+}
+
+impl fmt::Debug for JwtKeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtKeyConfig")
+            .field("kid", &self.kid)
+            .field("secret", &Redacted(&self.secret))
+            .field("public_key_file", &self.public_key_file)
             .finish()
     }
 }
@@ -395,7 +447,7 @@ impl Config {
         let mut merged = match file {
             Some(path) => {
                 let table = read_file(path)?;
-                origins.file = Some((path.to_path_buf(), table.clone()));
+                origins.file = Some(path.to_path_buf());
                 table
             }
             None => toml::Table::new(),
@@ -419,17 +471,75 @@ impl Config {
                 origin: "configuration".into(),
                 message: one_line(e.message()),
             })?;
+        let rules = if file.is_some() {
+            Rules::Production
+        } else {
+            Rules::Development
+        };
         config
-            .check()
+            .check(rules)
             .map_err(|problem| problem.into_error(&origins))?;
         Ok(config)
     }
 
     /// Checks the values that serde cannot: ranges and combinations. [`Config::load`] does
-    /// this already; call it for configs built in code.
+    /// this already; configs built in code are checked like the embedded default (missing
+    /// and short secrets allowed).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check()
+        self.check(Rules::Development)
             .map_err(|problem| problem.into_error(&Origins::default()))
+    }
+
+    /// What an operator should hear about at start-up but that does not stop it: short
+    /// secrets on the embedded default (a config file refuses them), and pages of any origin
+    /// allowed on a listener beyond loopback.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .secrets()
+            .into_iter()
+            .filter(|(_, secret)| secret.len() < MIN_SECRET_BYTES)
+            .map(|(name, secret)| {
+                format!(
+                    "{name} is {} bytes long, fine for development only: a config file \
+                     refuses secrets shorter than {MIN_SECRET_BYTES} bytes (make one with \
+                     `{MAKE_SECRET}`)",
+                    secret.len()
+                )
+            })
+            .collect();
+        if self.allowed_origins.is_empty() && !self.listen.ip().is_loopback() {
+            lines.push(format!(
+                "allowed_origins is empty and the broker listens on {}: pages of any web site \
+                 may open /ws and /sse with their visitors' tokens; set allowed_origins \
+                 (STELLWERK_ALLOWED_ORIGINS) to the Stud.IP origin",
+                self.listen
+            ));
+        }
+        lines
+    }
+
+    /// Every configured secret with the name of its setting.
+    fn secrets(&self) -> Vec<(String, &str)> {
+        let mut secrets: Vec<(String, &str)> = [
+            ("api_key", &self.api_key),
+            ("admin_token", &self.admin_token),
+            ("cursor_secret", &self.cursor_secret),
+            ("jwt.secret", &self.jwt.secret),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_owned(), value.as_deref()?)))
+        .collect();
+        for key in &self.jwt.keys {
+            if let Some(secret) = &key.secret {
+                secrets.push((format!("jwt.keys secret of kid `{}`", key.kid), secret));
+            }
+        }
+        secrets
+    }
+
+    /// Whether any key verifies client tokens.
+    fn has_jwt_key(&self) -> bool {
+        self.jwt.secret.is_some() || self.jwt.public_key_file.is_some() || !self.jwt.keys.is_empty()
     }
 
     /// Fills in what a developer on the embedded default lacks: a random API key and a
@@ -445,7 +555,7 @@ impl Config {
             ));
             self.api_key = Some(key);
         }
-        if self.jwt.secret.is_none() && self.jwt.public_key_file.is_none() {
+        if !self.has_jwt_key() {
             let secret = random_hex();
             lines.push(format!(
                 "DEV ONLY: no jwt.secret or jwt.public_key_file configured; generated a random \
@@ -466,14 +576,29 @@ impl Config {
 
     /// One line for the start-up log; never contains a secret.
     pub fn summary(&self) -> String {
-        let jwt = match (&self.jwt.secret, &self.jwt.public_key_file) {
+        let mut jwt = match (&self.jwt.secret, &self.jwt.public_key_file) {
             (Some(_), _) => "hs256 secret".to_owned(),
             (None, Some(path)) => format!("public key file {}", path.display()),
             (None, None) => "none".to_owned(),
         };
+        if !self.jwt.keys.is_empty() {
+            let kids: Vec<&str> = self.jwt.keys.iter().map(|k| k.kid.as_str()).collect();
+            jwt.push_str(&format!(" + keys by kid [{}]", kids.join(", ")));
+        }
+        for (claim, value) in [("aud", &self.jwt.audience), ("iss", &self.jwt.issuer)] {
+            if let Some(value) = value {
+                jwt.push_str(&format!(", {claim} {value:?}"));
+            }
+        }
+        let origins = if self.allowed_origins.is_empty() {
+            "any".to_owned()
+        } else {
+            self.allowed_origins.join(" ")
+        };
         let on_off = |b: bool| if b { "on" } else { "off" };
         format!(
-            "listen {}, engine {}, plugins dir {}, anonymous {}, jwt {}, api key {}, admin api {}",
+            "listen {}, engine {}, plugins dir {}, anonymous {}, jwt {}, api key {}, admin api {}, \
+             origins {}",
             self.listen,
             self.engine.kind,
             self.plugins.dir.display(),
@@ -485,14 +610,18 @@ impl Config {
                 "unset"
             },
             on_off(self.admin_token.is_some()),
+            origins,
         )
     }
 
-    fn check(&self) -> Result<(), Problem> {
+    fn check(&self, rules: Rules) -> Result<(), Problem> {
         for (key, value) in [
             (("", "api_key"), &self.api_key),
             (("", "admin_token"), &self.admin_token),
+            (("", "cursor_secret"), &self.cursor_secret),
             (("jwt", "secret"), &self.jwt.secret),
+            (("jwt", "audience"), &self.jwt.audience),
+            (("jwt", "issuer"), &self.jwt.issuer),
         ] {
             if value.as_deref() == Some("") {
                 return Err(Problem::new(&[key], "must not be empty"));
@@ -505,6 +634,28 @@ impl Config {
                  (HS256 secret or public key)",
             ));
         }
+        self.check_jwt_keys()?;
+        if let Some(origin) = self
+            .allowed_origins
+            .iter()
+            .find(|origin| !is_origin(origin))
+        {
+            return Err(Problem::new(
+                &[("", "allowed_origins")],
+                format!(
+                    "entry {origin:?} is not an origin: scheme://host[:port] without path \
+                     or trailing slash, e.g. https://studip.example.org"
+                ),
+            ));
+        }
+        if self.admin_token.is_some() && self.admin_token == self.api_key {
+            return Err(Problem::new(
+                &[("", "admin_token"), ("", "api_key")],
+                "admin_token and api_key are the same; the admin token must be a secret of \
+                 its own (PHP holds the API key)",
+            ));
+        }
+
         if self.jwt.leeway_seconds > MAX_LEEWAY_SECONDS {
             return Err(Problem::new(
                 &[("jwt", "leeway_seconds")],
@@ -607,8 +758,140 @@ impl Config {
                 format!("must be at least 1024, got {}", self.limits.max_frame_bytes),
             ));
         }
+        if rules == Rules::Production {
+            self.check_production_secrets()?;
+        }
         Ok(())
     }
+
+    fn check_jwt_keys(&self) -> Result<(), Problem> {
+        let keys = &[("jwt", "keys")];
+        for (i, key) in self.jwt.keys.iter().enumerate() {
+            if key.kid.is_empty() {
+                return Err(Problem::new(keys, "entry with an empty kid"));
+            }
+            if self.jwt.keys[..i].iter().any(|k| k.kid == key.kid) {
+                return Err(Problem::new(
+                    keys,
+                    format!("kid `{}` is listed twice", key.kid),
+                ));
+            }
+            match (&key.secret, &key.public_key_file) {
+                (Some(_), Some(_)) => {
+                    return Err(Problem::new(
+                        keys,
+                        format!(
+                            "kid `{}` has both secret and public_key_file; choose one",
+                            key.kid
+                        ),
+                    ))
+                }
+                (None, None) => {
+                    return Err(Problem::new(
+                        keys,
+                        format!("kid `{}` needs a secret or a public_key_file", key.kid),
+                    ))
+                }
+                (Some(secret), None) if secret.is_empty() => {
+                    return Err(Problem::new(
+                        keys,
+                        format!("kid `{}` has an empty secret", key.kid),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// With a config file the broker never invents secrets and never runs on weak ones.
+    fn check_production_secrets(&self) -> Result<(), Problem> {
+        if self.api_key.is_none() {
+            return Err(Problem::new(
+                &[("", "api_key")],
+                format!(
+                    "is not set: with a config file no secret is generated; set api_key or \
+                     STELLWERK_API_KEY (make one with `{MAKE_SECRET}`)"
+                ),
+            ));
+        }
+        if !self.has_jwt_key() {
+            return Err(Problem::new(
+                &[("jwt", "secret")],
+                format!(
+                    "is not set and neither is jwt.public_key_file or [[jwt.keys]]: with a \
+                     config file no secret is generated; set one (an HS256 secret: \
+                     `{MAKE_SECRET}`)"
+                ),
+            ));
+        }
+        let short = self
+            .secrets()
+            .into_iter()
+            .find(|(_, secret)| secret.len() < MIN_SECRET_BYTES);
+        if let Some((name, secret)) = short {
+            let key = match name.as_str() {
+                "api_key" => ("", "api_key"),
+                "admin_token" => ("", "admin_token"),
+                "cursor_secret" => ("", "cursor_secret"),
+                "jwt.secret" => ("jwt", "secret"),
+                _ => ("jwt", "keys"),
+            };
+            return Err(Problem::whole(
+                &[key],
+                format!(
+                    "{name} is {} bytes long; at least {MIN_SECRET_BYTES} are required \
+                     (make one with `{MAKE_SECRET}`)",
+                    secret.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which checks apply: a config file means production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rules {
+    /// The embedded default, or a config built in code: missing secrets are generated by
+    /// the binary, short ones only warned about.
+    Development,
+    /// A config file: every secret set and at least [`MIN_SECRET_BYTES`] long.
+    Production,
+}
+
+/// Shortest secret a config file may hold: 256 bits, as HS256 wants (RFC 7518, 3.2).
+const MIN_SECRET_BYTES: usize = 32;
+
+/// The command that makes a good secret, quoted in errors and warnings.
+const MAKE_SECRET: &str = "openssl rand -hex 32";
+
+/// `scheme://host[:port]` as browsers send it in `Origin` (compared case-insensitively).
+fn is_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    // `[::1]:8080`, `host:8080`, `host`.
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, after)) if !addr.is_empty() => (addr, after.strip_prefix(':')),
+            _ => return false,
+        },
+        None => match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+    let v6_trailer_ok = !rest.starts_with('[') || rest.ends_with(']') || port.is_some();
+    host_ok && port_ok && v6_trailer_ok
 }
 
 /// 32 random bytes from the OS, hex-encoded.
@@ -744,7 +1027,7 @@ fn insert(table: &mut toml::Table, section: &str, key: &str, value: toml::Value)
 /// Where each setting came from, to name it in validation errors.
 #[derive(Default)]
 struct Origins {
-    file: Option<(PathBuf, toml::Table)>,
+    file: Option<PathBuf>,
     /// `section.key` → the variable that set it.
     env: HashMap<String, String>,
 }
@@ -754,20 +1037,11 @@ impl Origins {
         if let Some(var) = self.env.get(&setting_name(section, key)) {
             return var.clone();
         }
-        if let Some((path, table)) = &self.file {
-            let in_file = if section.is_empty() {
-                table.contains_key(key)
-            } else {
-                table
-                    .get(section)
-                    .and_then(toml::Value::as_table)
-                    .is_some_and(|t| t.contains_key(key))
-            };
-            if in_file {
-                return path.display().to_string();
-            }
+        // Set in the file, or a default the file should change (a missing secret).
+        match &self.file {
+            Some(path) => path.display().to_string(),
+            None => "configuration".to_owned(),
         }
-        "configuration".to_owned()
     }
 }
 
@@ -775,6 +1049,8 @@ impl Origins {
 struct Problem {
     keys: Vec<(&'static str, &'static str)>,
     message: String,
+    /// The message names the setting itself (no `section.key` prefix).
+    whole: bool,
 }
 
 impl Problem {
@@ -782,6 +1058,14 @@ impl Problem {
         Problem {
             keys: keys.to_vec(),
             message: message.into(),
+            whole: false,
+        }
+    }
+
+    fn whole(keys: &[(&'static str, &'static str)], message: impl Into<String>) -> Problem {
+        Problem {
+            whole: true,
+            ..Problem::new(keys, message)
         }
     }
 
@@ -793,7 +1077,7 @@ impl Problem {
                 sources.push(origin);
             }
         }
-        let message = if self.keys.len() == 1 {
+        let message = if self.keys.len() == 1 && !self.whole {
             let (section, key) = self.keys[0];
             format!("{} {}", setting_name(section, key), self.message)
         } else {
@@ -925,6 +1209,27 @@ impl Schema {
                 parse_bool(raw)
                     .ok_or_else(|| env_error(format!("expected true or false, got {raw:?}")))?,
             ),
+            Some(toml::Value::Array(_)) if FILE_ONLY.contains(&(section, key)) => {
+                return Err(env_error(format!(
+                    "{} is a list of tables; set it in the config file",
+                    setting_name(section, key)
+                )))
+            }
+            // Lists of strings, comma-separated: `a,b , c` → ["a", "b", "c"].
+            Some(toml::Value::Array(_)) => {
+                let items: Vec<toml::Value> = raw
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| toml::Value::String(item.to_owned()))
+                    .collect();
+                if items.is_empty() {
+                    return Err(env_error(
+                        "empty list; unset the variable instead".to_owned(),
+                    ));
+                }
+                toml::Value::Array(items)
+            }
             Some(_) => {
                 return Err(env_error(
                     "this setting cannot be set from the environment".to_owned(),
@@ -1055,6 +1360,15 @@ mod tests {
         Config::load(None, env(vars))
     }
 
+    /// Secrets good enough for a config file (64 hex characters each).
+    const API_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const JWT_SECRET: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
+    /// The lines a config file needs so that it is not refused for missing secrets.
+    fn secrets_toml() -> String {
+        format!("api_key = \"{API_KEY}\"\n[jwt]\nsecret = \"{JWT_SECRET}\"\n")
+    }
+
     #[test]
     fn defaults_are_the_embedded_default() {
         let config = Config::load(None, Vec::new()).unwrap();
@@ -1093,7 +1407,7 @@ mod tests {
         let file = TempFile::new(
             r#"
 listen = "0.0.0.0:9000"
-api_key = "php-key"
+api_key = "php-key-php-key-php-key-php-key-php-key"
 allow_anonymous = true
 
 [jwt]
@@ -1109,7 +1423,10 @@ kind = "memory"
         );
         let config = Config::load(Some(&file.0), Vec::new()).unwrap();
         assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
-        assert_eq!(config.api_key.as_deref(), Some("php-key"));
+        assert_eq!(
+            config.api_key.as_deref(),
+            Some("php-key-php-key-php-key-php-key-php-key")
+        );
         assert!(config.allow_anonymous);
         assert_eq!(
             config.jwt.public_key_file.as_deref(),
@@ -1163,7 +1480,10 @@ kind = "memory"
 
     #[test]
     fn environment_overrides_the_file() {
-        let file = TempFile::new("listen = \"0.0.0.0:9000\"\n[limits]\nqueue_capacity = 64\n");
+        let file = TempFile::new(&format!(
+            "listen = \"0.0.0.0:9000\"\n{}[limits]\nqueue_capacity = 64\n",
+            secrets_toml()
+        ));
         let config = Config::load(
             Some(&file.0),
             env(&[
@@ -1386,16 +1706,22 @@ kind = "memory"
                     "STELLWERK_ENGINE_KIND" => "memory",
                     "STELLWERK_JWT_PUBLIC_KEY_FILE" => "/keys/pub.pem",
                     "STELLWERK_JWT_LEEWAY_SECONDS" => "60",
+                    "STELLWERK_ADMIN_TOKEN" => "admin",
+                    "STELLWERK_ALLOWED_ORIGINS" => "https://a.example, https://b.example",
                     v if v.ends_with("_KEY") || v.ends_with("_TOKEN") || v.ends_with("_DIR") => "x",
                     _ => "4096",
                 };
                 (var.clone(), value.to_owned())
             })
-            .filter(|(var, _)| var != "STELLWERK_JWT_SECRET")
+            .filter(|(var, _)| var != "STELLWERK_JWT_SECRET" && var != "STELLWERK_JWT_KEYS")
             .collect();
         let config = Config::load(None, sample).unwrap();
         assert_eq!(config.sse.retry_ms, 4096);
         assert_eq!(config.limits.max_subscriptions_per_connection, 4096);
+        assert_eq!(
+            config.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]
@@ -1432,8 +1758,14 @@ kind = "memory"
         let config = Config {
             api_key: Some("php-key-secret".into()),
             admin_token: Some("admin-token-secret".into()),
+            cursor_secret: Some("cursor-secret-secret".into()),
             jwt: JwtConfig {
                 secret: Some("jwt-secret-secret".into()),
+                keys: vec![JwtKeyConfig {
+                    kid: "k1".into(),
+                    secret: Some("kid-secret-secret".into()),
+                    public_key_file: None,
+                }],
                 ..JwtConfig::default()
             },
             ..Config::default()
@@ -1449,5 +1781,260 @@ kind = "memory"
         for text in [&summary, &debug] {
             assert!(!text.contains("-secret"), "{text}");
         }
+    }
+
+    #[test]
+    fn a_config_file_without_an_api_key_or_jwt_key_is_refused() {
+        let file = TempFile::new(&format!("[jwt]\nsecret = \"{JWT_SECRET}\"\n"));
+        let message = Config::load(Some(&file.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with(&format!("{}: api_key is not set", file.0.display())),
+            "{message}"
+        );
+        assert!(message.contains("openssl rand -hex 32"), "{message}");
+
+        let file = TempFile::new(&format!("api_key = \"{API_KEY}\"\n"));
+        let message = Config::load(Some(&file.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("jwt.secret is not set"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+
+        // The environment may supply them; a key list or a public key file counts as well.
+        let file = TempFile::new("[limits]\nqueue_capacity = 8\n");
+        let config = Config::load(
+            Some(&file.0),
+            env(&[
+                ("STELLWERK_API_KEY", API_KEY),
+                ("STELLWERK_JWT_PUBLIC_KEY_FILE", "/keys/pub.pem"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.limits.queue_capacity, 8);
+        let file = TempFile::new(&format!(
+            "api_key = \"{API_KEY}\"\n[[jwt.keys]]\nkid = \"k1\"\nsecret = \"{JWT_SECRET}\"\n"
+        ));
+        let config = Config::load(Some(&file.0), Vec::new()).unwrap();
+        assert_eq!(config.jwt.keys[0].kid, "k1");
+    }
+
+    #[test]
+    fn without_a_config_file_missing_secrets_are_left_to_the_dev_fill() {
+        let config = load_env(&[]).unwrap();
+        assert_eq!(config.api_key, None);
+        assert!(!config.has_jwt_key());
+    }
+
+    #[test]
+    fn short_secrets_in_a_config_file_are_refused_with_the_command_that_makes_one() {
+        let short = "too-short-secret";
+        let cases: [(&str, String, Vec<(&str, &str)>); 6] = [
+            (
+                "api_key",
+                format!("api_key = \"{short}\"\n[jwt]\nsecret = \"{JWT_SECRET}\"\n"),
+                vec![],
+            ),
+            (
+                "jwt.secret",
+                format!("api_key = \"{API_KEY}\"\n[jwt]\nsecret = \"{short}\"\n"),
+                vec![],
+            ),
+            (
+                "admin_token",
+                format!("admin_token = \"{short}\"\n{}", secrets_toml()),
+                vec![],
+            ),
+            (
+                "cursor_secret",
+                format!("cursor_secret = \"{short}\"\n{}", secrets_toml()),
+                vec![],
+            ),
+            (
+                "jwt.keys secret of kid `k2`",
+                format!(
+                    "{}[[jwt.keys]]\nkid = \"k2\"\nsecret = \"{short}\"\n",
+                    secrets_toml()
+                ),
+                vec![],
+            ),
+            (
+                "api_key",
+                secrets_toml(),
+                vec![("STELLWERK_API_KEY", short)],
+            ),
+        ];
+        for (name, contents, vars) in cases {
+            let file = TempFile::new(&contents);
+            let message = Config::load(Some(&file.0), env(&vars))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(&format!(
+                    "{name} is 16 bytes long; at least 32 are required"
+                )),
+                "{name}: {message}"
+            );
+            assert!(message.contains("`openssl rand -hex 32`"), "{message}");
+            assert!(
+                !message.contains(short),
+                "the secret itself is not shown: {message}"
+            );
+            let origin = vars
+                .first()
+                .map_or(file.0.display().to_string(), |(v, _)| v.to_string());
+            assert!(message.starts_with(&format!("{origin}: ")), "{message}");
+        }
+    }
+
+    #[test]
+    fn short_secrets_on_the_embedded_default_are_only_warned_about() {
+        let config = load_env(&[
+            ("STELLWERK_API_KEY", "devkey"),
+            ("STELLWERK_JWT_SECRET", "devsecret"),
+        ])
+        .unwrap();
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("api_key is 6 bytes long"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].starts_with("jwt.secret is 9 bytes long"),
+            "{warnings:?}"
+        );
+        assert!(warnings.iter().all(|w| w.contains("openssl rand -hex 32")));
+        assert!(warnings
+            .iter()
+            .all(|w| !w.contains("devkey") && !w.contains("devsecret")));
+        assert!(Config::default().warnings().is_empty());
+    }
+
+    #[test]
+    fn the_admin_token_must_differ_from_the_api_key() {
+        let message = load_env(&[
+            ("STELLWERK_API_KEY", API_KEY),
+            ("STELLWERK_ADMIN_TOKEN", API_KEY),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.contains("admin_token and api_key are the same"),
+            "{message}"
+        );
+        assert!(message.contains("STELLWERK_ADMIN_TOKEN"), "{message}");
+        assert!(!message.contains(API_KEY), "{message}");
+    }
+
+    #[test]
+    fn allowed_origins_from_file_and_environment_are_checked() {
+        let file = TempFile::new(&format!(
+            "allowed_origins = [\"https://studip.example.org\", \"http://[::1]:8000\"]\n{}",
+            secrets_toml()
+        ));
+        let config = Config::load(Some(&file.0), Vec::new()).unwrap();
+        assert_eq!(
+            config.allowed_origins,
+            ["https://studip.example.org", "http://[::1]:8000"]
+        );
+        let config = load_env(&[(
+            "STELLWERK_ALLOWED_ORIGINS",
+            "https://a.example:8443,, https://b.example ",
+        )])
+        .unwrap();
+        assert_eq!(
+            config.allowed_origins,
+            ["https://a.example:8443", "https://b.example"]
+        );
+        for bad in [
+            "https://studip.example.org/",
+            "https://studip.example.org/path",
+            "studip.example.org",
+            "ftp://studip.example.org",
+            "https://host:port",
+            "*",
+            "null",
+        ] {
+            let message = load_env(&[("STELLWERK_ALLOWED_ORIGINS", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.starts_with("STELLWERK_ALLOWED_ORIGINS: allowed_origins entry"),
+                "{bad}: {message}"
+            );
+        }
+        let message = load_env(&[("STELLWERK_ALLOWED_ORIGINS", " , ")])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("empty list"), "{message}");
+    }
+
+    #[test]
+    fn any_origin_on_a_public_listener_is_warned_about() {
+        let public = load_env(&[("STELLWERK_LISTEN", "0.0.0.0:8080")]).unwrap();
+        let warnings = public.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("allowed_origins is empty"),
+            "{warnings:?}"
+        );
+        let listed = load_env(&[
+            ("STELLWERK_LISTEN", "0.0.0.0:8080"),
+            ("STELLWERK_ALLOWED_ORIGINS", "https://studip.example.org"),
+        ])
+        .unwrap();
+        assert!(listed.warnings().is_empty());
+        assert!(Config::default().warnings().is_empty(), "loopback");
+    }
+
+    #[test]
+    fn jwt_key_lists_come_from_the_file_and_are_checked() {
+        let file = TempFile::new(&format!(
+            "api_key = \"{API_KEY}\"\n[jwt]\naudience = \"stellwerk\"\nissuer = \"studip\"\n\
+             [[jwt.keys]]\nkid = \"2026-01\"\nsecret = \"{JWT_SECRET}\"\n\
+             [[jwt.keys]]\nkid = \"2026-02\"\npublic_key_file = \"/keys/2026-02.pem\"\n"
+        ));
+        let config = Config::load(Some(&file.0), Vec::new()).unwrap();
+        assert_eq!(config.jwt.audience.as_deref(), Some("stellwerk"));
+        assert_eq!(config.jwt.issuer.as_deref(), Some("studip"));
+        assert_eq!(config.jwt.keys.len(), 2);
+        assert_eq!(
+            config.jwt.keys[1].public_key_file.as_deref(),
+            Some(Path::new("/keys/2026-02.pem"))
+        );
+        let message = load_env(&[("STELLWERK_JWT_KEYS", "k1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("STELLWERK_JWT_KEYS: jwt.keys is a list of tables"),
+            "{message}"
+        );
+        for (entries, expected) in [
+            ("kid = \"a\"\n", "needs a secret or a public_key_file"),
+            ("kid = \"\"\nsecret = \"s\"\n", "empty kid"),
+            (
+                "kid = \"a\"\nsecret = \"s\"\npublic_key_file = \"/k.pem\"\n",
+                "both secret and public_key_file",
+            ),
+        ] {
+            let file = TempFile::new(&format!("[[jwt.keys]]\n{entries}"));
+            let message = Config::load(Some(&file.0), Vec::new())
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(expected), "{message}");
+        }
+        let file = TempFile::new(
+            "[[jwt.keys]]\nkid = \"a\"\nsecret = \"s\"\n[[jwt.keys]]\nkid = \"a\"\nsecret = \"t\"\n",
+        );
+        let message = Config::load(Some(&file.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("kid `a` is listed twice"), "{message}");
+        let message = load_env(&[("STELLWERK_JWT_AUDIENCE", "")])
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("STELLWERK_JWT_AUDIENCE: "), "{message}");
     }
 }

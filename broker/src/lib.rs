@@ -19,6 +19,7 @@
 //! - `metrics`: counters and histograms for `GET /metrics`.
 //! - `listener`: the accept loop: HTTP timeouts, write timeout, bounded shutdown.
 //! - `server`: wires it all together and runs until shutdown.
+//! - `request_log`: a debug line per HTTP request, credentials in the query redacted.
 
 pub(crate) mod api;
 pub mod auth;
@@ -30,6 +31,7 @@ pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod plugins;
 pub(crate) mod protocol;
+mod request_log;
 mod server;
 pub(crate) mod transport;
 

@@ -137,23 +137,30 @@ fn serve(file: Option<&Path>) -> ExitCode {
         }
     };
     init_logging();
+    for line in config.warnings() {
+        tracing::warn!("{line}");
+    }
+    // Generated secrets only for the embedded default: `Config::load` refuses a config file
+    // that leaves one unset.
     if embedded {
         tracing::info!(
             "no config file given: running on the embedded default plus STELLWERK_* overrides"
         );
-    }
-    let secret_was_set = config.jwt.secret.is_some() || config.jwt.public_key_file.is_some();
-    for line in config.fill_dev_secrets() {
-        tracing::warn!("{line}");
-    }
-    if let Some(secret) = config.jwt.secret.as_deref().filter(|_| !secret_was_set) {
-        let dev_token = stellwerk::auth::mint_hs256(
-            secret,
-            "dev",
-            Default::default(),
-            Duration::from_secs(24 * 3600),
-        );
-        tracing::warn!("DEV ONLY: a token for user `dev`, valid 24 h: {dev_token}");
+        let secret_was_set = config.jwt.secret.is_some()
+            || config.jwt.public_key_file.is_some()
+            || !config.jwt.keys.is_empty();
+        for line in config.fill_dev_secrets() {
+            tracing::warn!("{line}");
+        }
+        if let Some(secret) = config.jwt.secret.as_deref().filter(|_| !secret_was_set) {
+            let dev_token = stellwerk::auth::mint_hs256(
+                secret,
+                "dev",
+                Default::default(),
+                Duration::from_secs(24 * 3600),
+            );
+            tracing::warn!("DEV ONLY: a token for user `dev`, valid 24 h: {dev_token}");
+        }
     }
     tracing::info!("config: {}", config.summary());
 
@@ -373,12 +380,26 @@ fn print_change(change: &serde_json::Value) {
 
 fn init_logging() {
     use std::io::IsTerminal;
+    use tracing_subscriber::filter::{filter_fn, FilterExt as _};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    // The WebSocket library traces every frame it reads, `connect` frames with their tokens
+    // included: never log those, whatever RUST_LOG asks for.
+    let no_frames = filter_fn(|meta| {
+        !(*meta.level() == tracing::Level::TRACE
+            && (meta.target().starts_with("tungstenite")
+                || meta.target().starts_with("tokio_tungstenite")))
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter.and(no_frames)),
+        )
         .init();
 }
 

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::middleware;
 use axum::routing::{get, post, put};
 use axum::Router;
 use tokio::net::TcpListener;
@@ -155,9 +156,18 @@ pub async fn run(
         node: Arc::from(format!("{:08x}", rand::random::<u32>())),
         started: std::time::Instant::now(),
     };
+    let origins = transport::origin::AllowedOrigins::new(&app.config.allowed_origins);
+    // The browser-facing routes: `Origin` checked, CORS headers on the way out.
     let router = Router::new()
         .route("/ws", get(transport::ws::upgrade))
-        .route("/sse", get(transport::sse::stream))
+        .route(
+            "/sse",
+            get(transport::sse::stream).options(transport::origin::preflight),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            origins,
+            transport::origin::guard,
+        ))
         .route("/api/publish", post(api::publish))
         .route("/api/channels", get(api::channels))
         .route("/api/channels/{channel}/presence", get(api::presence))
@@ -191,6 +201,9 @@ pub async fn run(
         ),
     };
 
+    let logged = |router: Router| router.layer(middleware::from_fn(crate::request_log::log));
+    let router = logged(router);
+    let admin_router = admin_router.map(|(listener, admin)| (listener, logged(admin)));
     tracing::info!("listening on http://{}", listener.local_addr()?);
     let public = tokio::spawn(listener::serve(listener, router, timeouts, stopped.clone()));
     let admin = match admin_router {

@@ -25,6 +25,8 @@ type AddrSender = Arc<Mutex<Option<tokio::sync::oneshot::Sender<SocketAddr>>>>;
 #[derive(Debug, Clone)]
 pub struct ServerBuilder {
     env: Vec<(String, String)>,
+    /// Variables the harness would set but this test wants unset.
+    unset: Vec<String>,
     args: Vec<String>,
     plugins_dir: PathBuf,
     /// `RLIMIT_NOFILE` (soft and hard) for the broker, through `prlimit`.
@@ -35,6 +37,7 @@ impl Default for ServerBuilder {
     fn default() -> Self {
         Self {
             env: Vec::new(),
+            unset: Vec::new(),
             args: Vec::new(),
             plugins_dir: default_plugins_dir(),
             open_files: None,
@@ -47,6 +50,13 @@ impl ServerBuilder {
     #[allow(clippy::needless_pass_by_value)] // `.env("…", 16)` reads better than `&16`.
     pub fn env(mut self, key: &str, value: impl ToString) -> Self {
         self.env.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Leaves out a variable the harness sets by default (`STELLWERK_API_KEY`,
+    /// `STELLWERK_JWT_SECRET`), e.g. for a config file that must supply it.
+    pub fn unset(mut self, key: &str) -> Self {
+        self.unset.push(key.to_owned());
         self
     }
 
@@ -175,6 +185,9 @@ impl ServerBuilder {
             .env("NO_COLOR", "1");
         for (key, value) in &self.env {
             cmd.env(key, value);
+        }
+        for key in &self.unset {
+            cmd.env_remove(key);
         }
         cmd
     }

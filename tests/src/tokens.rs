@@ -23,3 +23,15 @@ pub fn hs256(secret: &str, claims: &Value) -> String {
     )
     .expect("HS256 encoding cannot fail")
 }
+
+/// An HS256 token whose header names `kid`, signed with `secret`.
+pub fn hs256_with_kid(secret: &str, kid: &str, claims: &Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 encoding cannot fail")
+}

@@ -42,11 +42,46 @@ impl std::fmt::Debug for WsClient {
     }
 }
 
+/// The status and JSON body of a refused WebSocket upgrade from a page of `origin` (the
+/// upgrade request a browser sends, read as plain HTTP so that the whole body arrives); fails
+/// the test if the upgrade is accepted.
+pub async fn refused_upgrade(url: &str, origin: &str) -> (u16, Value) {
+    let http_url = url.replacen("ws://", "http://", 1);
+    let request = reqwest::Client::new()
+        .get(&http_url)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Origin", origin)
+        .send();
+    let response = tokio::time::timeout(RECV_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| panic!("no answer to the upgrade within {RECV_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("the upgrade from {origin} failed: {e}"));
+    assert_ne!(
+        response.status().as_u16(),
+        101,
+        "the upgrade from {origin} was accepted"
+    );
+    crate::server::status_and_json(response).await
+}
+
 impl WsClient {
     /// Connects to a `ws://` URL. A URL with `batch=1` makes [`Self::recv_json`] accept
     /// several `\n`-separated pushes per frame.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (stream, _response) = tokio_tungstenite::connect_async(url).await?;
+        Self::connect_from(url, None).await
+    }
+
+    /// Connects sending `Origin: origin`, as a browser page of that origin does.
+    pub async fn connect_from(url: &str, origin: Option<&str>) -> anyhow::Result<Self> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = url.into_client_request()?;
+        if let Some(origin) = origin {
+            request.headers_mut().insert("origin", origin.parse()?);
+        }
+        let (stream, _response) = tokio_tungstenite::connect_async(request).await?;
         Ok(Self {
             stream,
             pending: VecDeque::new(),

@@ -117,3 +117,134 @@ async fn config_file_settings_are_honoured() {
         .await;
     assert_http_error(status, &body, 413, "too_large");
 }
+
+/// A secret a config file accepts (64 hex characters).
+fn good_secret() -> String {
+    random_hex(32)
+}
+
+#[tokio::test]
+async fn a_config_file_without_secrets_exits_2_instead_of_generating_them() {
+    let file = TempConfig::new("[limits]\nqueue_capacity = 64\n");
+    let (code, stderr) = Server::builder()
+        .arg("--config")
+        .arg(file.0.display())
+        .unset("STELLWERK_API_KEY")
+        .unset("STELLWERK_JWT_SECRET")
+        .run_to_exit()
+        .await;
+    assert_refused(code, &stderr, "api_key is not set");
+    assert!(stderr.contains("openssl rand -hex 32"), "{stderr}");
+    assert!(!stderr.contains("DEV ONLY"), "{stderr}");
+
+    // The API key from the environment is not enough: the JWT key is missing too.
+    let (code, stderr) = Server::builder()
+        .arg("--config")
+        .arg(file.0.display())
+        .unset("STELLWERK_JWT_SECRET")
+        .run_to_exit()
+        .await;
+    assert_refused(code, &stderr, "jwt.secret is not set");
+}
+
+#[tokio::test]
+async fn short_secrets_with_a_config_file_exit_2_naming_the_setting_and_the_command() {
+    let short = "sixteen-bytes!!!";
+    let in_file = TempConfig::new(&format!("api_key = \"{short}\"\n"));
+    let plain = TempConfig::new("[limits]\nqueue_capacity = 64\n");
+    let cases = [
+        (
+            "api_key in the file",
+            &in_file,
+            None,
+            "api_key is 16 bytes long",
+        ),
+        (
+            "jwt.secret from the environment",
+            &plain,
+            Some("STELLWERK_JWT_SECRET"),
+            "STELLWERK_JWT_SECRET: jwt.secret is 16 bytes long",
+        ),
+        (
+            "admin_token from the environment",
+            &plain,
+            Some("STELLWERK_ADMIN_TOKEN"),
+            "STELLWERK_ADMIN_TOKEN: admin_token is 16 bytes long",
+        ),
+    ];
+    for (what, file, var, needle) in cases {
+        let mut builder = Server::builder().arg("--config").arg(file.0.display());
+        if file.0 == in_file.0 {
+            builder = builder.unset("STELLWERK_API_KEY");
+        }
+        if let Some(var) = var {
+            builder = builder.env(var, short);
+        }
+        let (code, stderr) = builder.run_to_exit().await;
+        println!("{what}: {stderr}");
+        assert_refused(code, &stderr, needle);
+        assert!(
+            stderr.contains("`openssl rand -hex 32`"),
+            "{what}: {stderr}"
+        );
+        assert!(
+            !stderr.contains(short),
+            "{what}: the secret is not echoed: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_admin_token_equal_to_the_api_key_exits_2() {
+    let key = good_secret();
+    let file = TempConfig::new(&format!("api_key = \"{key}\"\nadmin_token = \"{key}\"\n"));
+    let (code, stderr) = Server::builder()
+        .arg("--config")
+        .arg(file.0.display())
+        .unset("STELLWERK_API_KEY")
+        .run_to_exit()
+        .await;
+    assert_refused(code, &stderr, "admin_token and api_key are the same");
+    assert!(!stderr.contains(&key), "{stderr}");
+}
+
+#[tokio::test]
+async fn secrets_from_a_config_file_are_used_and_nothing_is_generated() {
+    let (api_key, admin) = (good_secret(), good_secret());
+    let file = TempConfig::new(&format!(
+        "api_key = \"{api_key}\"\nadmin_token = \"{admin}\"\n"
+    ));
+    let server = Server::builder()
+        .arg("--config")
+        .arg(file.0.display())
+        .unset("STELLWERK_API_KEY")
+        .start()
+        .await;
+    let resp = reqwest::Client::new()
+        .post(server.http_url("/api/publish"))
+        .bearer_auth(&api_key)
+        .body(json!({"channel": "public:news", "data": 1}).to_string())
+        .send()
+        .await
+        .expect("POST /api/publish");
+    assert_eq!(resp.status().as_u16(), 200);
+    let log = server.log();
+    assert!(!log.contains("DEV ONLY"), "{log}");
+    assert!(!log.contains(&api_key) && !log.contains(&admin), "{log}");
+}
+
+#[tokio::test]
+async fn short_secrets_on_the_embedded_default_only_warn() {
+    let server = Server::builder()
+        .env("STELLWERK_ADMIN_TOKEN", "dev-admin")
+        .start()
+        .await;
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("admin_token is 9 bytes long")
+            && l.contains("openssl rand -hex 32")),
+        "{log}"
+    );
+    assert!(!log.contains("dev-admin"), "{log}");
+}

@@ -12,6 +12,9 @@ use stellwerk_e2e::binary::workspace_root;
 use stellwerk_e2e::plugin_dir::{component, PluginDir};
 use stellwerk_e2e::{random_hex, Server};
 
+/// The page origin the broker allows (`allowed_origins`).
+const STUDIP: &str = "https://studip.example.org";
+
 const COURSE: &str = "a07535cf2f8a72df33c12ddfa4b53dde";
 const CHAT: &str = "course:a07535cf2f8a72df33c12ddfa4b53dde:chat";
 const ADA: &str = "e7a0a84b161f3e8c09b4a0a2e8a58147";
@@ -23,13 +26,7 @@ const MAX_PUBLISH: usize = 1024 * 1024;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Documented answers no test can provoke, and why.
-const NOT_PROVOKED: [(&str, &str, u16, &str); 5] = [
-    (
-        "/sse",
-        "get",
-        500,
-        "a plugin fault on subscribe; tests/sandbox.rs provokes it with the `spin` and `hog` plugins",
-    ),
+const NOT_PROVOKED: [(&str, &str, u16, &str); 4] = [
     (
         "/readyz",
         "get",
@@ -56,7 +53,7 @@ const NOT_PROVOKED: [(&str, &str, u16, &str); 5] = [
     ),
 ];
 
-const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
+const METHODS: [&str; 6] = ["get", "post", "put", "delete", "patch", "options"];
 
 fn load_document() -> Value {
     let path = workspace_root().join("docs").join("openapi.json");
@@ -192,10 +189,29 @@ impl Contract {
         bearer: Option<&str>,
         body: Body,
     ) -> (u16, Value) {
+        self.call_with(server, method, template, path, &[], bearer, body)
+            .await
+    }
+
+    /// [`Self::call`] with extra request headers (`Origin`).
+    #[allow(clippy::too_many_arguments)]
+    async fn call_with(
+        &mut self,
+        server: &Server,
+        method: &str,
+        template: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        bearer: Option<&str>,
+        body: Body,
+    ) -> (u16, Value) {
         assert_matches_template(template, path);
         let what = format!("{} {path}", method.to_uppercase());
         let verb = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
         let mut req = self.http.request(verb, server.http_url(path));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(token) = bearer {
             req = req.bearer_auth(token);
         }
@@ -220,9 +236,23 @@ impl Contract {
     /// Opens `/ws` (with the upgrade headers) or `/sse`: an upgrade or a stream is checked
     /// against the document without reading it (it never ends), a refusal like any answer.
     async fn open(&mut self, server: &Server, template: &str, path: &str) -> (u16, Value) {
+        self.open_with(server, template, path, &[]).await
+    }
+
+    /// [`Self::open`] with extra request headers (`Origin`).
+    async fn open_with(
+        &mut self,
+        server: &Server,
+        template: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         assert_matches_template(template, path);
-        let what = format!("GET {path}");
+        let what = format!("GET {path} with {headers:?}");
         let mut req = self.http.get(server.http_url(path));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if template == "/ws" {
             req = req
                 .header("Connection", "Upgrade")
@@ -282,6 +312,15 @@ impl Contract {
                 method.to_uppercase()
             );
         };
+        if status == 204 {
+            assert!(
+                response.get("content").is_none() && text.is_empty(),
+                "{what} {status}: no content, documented and sent"
+            );
+            self.seen
+                .insert((template.to_owned(), method.to_owned(), status));
+            return (status, Value::Null);
+        }
         let response = self.inline(response);
         let content = response["content"]
             .as_object()
@@ -464,13 +503,14 @@ fn every_routed_http_endpoint_is_documented_and_nothing_else() {
 #[tokio::test]
 async fn every_documented_answer_is_what_the_server_sends() {
     // A directory of its own: the admin API writes into it.
-    let dir = PluginDir::with(&["public", "course", "user", "panicky"]);
+    let dir = PluginDir::with(&["public", "course", "user", "panicky", "spin"]);
     let empty = PluginDir::with(&[]);
     let admin = random_hex(16);
     let server = Server::builder()
         .plugins_dir(dir.path())
         .env("STELLWERK_ADMIN_TOKEN", &admin)
         .env("STELLWERK_PLUGINS_MAX_UPLOAD_BYTES", MAX_UPLOAD)
+        .env("STELLWERK_ALLOWED_ORIGINS", STUDIP)
         .start()
         .await;
     // No plugins and no admin token: metrics and the admin API are off.
@@ -771,17 +811,40 @@ async fn check_streams(c: &mut Contract, server: &Server) {
         Duration::from_secs(3600),
     );
     let bob = server.token("bob");
-    let (status, _) = c.open(server, "/ws", &format!("/ws?token={ada}")).await;
-    assert_eq!(status, 101);
-    for (path, want) in [
-        (format!("/sse?channel=public:news&token={ada}"), 200),
-        (format!("/sse?token={ada}"), 400),
-        ("/sse?channel=public:news".to_owned(), 401),
-        (format!("/sse?channel={CHAT}&token={bob}"), 403),
-        (format!("/sse?channel=nobody:x&token={ada}"), 404),
+    let studip = [("Origin", STUDIP)];
+    let evil = [("Origin", "https://evil.example.net")];
+    for (headers, want) in [(&[][..], 101), (&studip[..], 101), (&evil[..], 403)] {
+        let (status, body) = c
+            .open_with(server, "/ws", &format!("/ws?token={ada}"), headers)
+            .await;
+        assert_eq!(status, want, "/ws with {headers:?}: {body}");
+    }
+    for (path, headers, want) in [
+        (format!("/sse?channel=public:news&token={ada}"), &[][..], 200),
+        (format!("/sse?channel=public:news&token={ada}"), &studip[..], 200),
+        (format!("/sse?channel=public:news&token={ada}"), &evil[..], 403),
+        (format!("/sse?token={ada}"), &studip[..], 400),
+        ("/sse?channel=public:news".to_owned(), &studip[..], 401),
+        (format!("/sse?channel={CHAT}&token={bob}"), &[][..], 403),
+        (format!("/sse?channel=nobody:x&token={ada}"), &[][..], 404),
+        (format!("/sse?channel=spin:x&token={ada}"), &[][..], 500),
     ] {
-        let (status, body) = c.open(server, "/sse", &path).await;
-        assert_eq!(status, want, "{path}: {body}");
+        let (status, body) = c.open_with(server, "/sse", &path, headers).await;
+        assert_eq!(status, want, "{path} with {headers:?}: {body}");
+    }
+    for (headers, want) in [(&studip[..], 204), (&evil[..], 403)] {
+        let (status, body) = c
+            .call_with(
+                server,
+                "options",
+                "/sse",
+                "/sse?channel=public:news",
+                headers,
+                None,
+                Body::None,
+            )
+            .await;
+        assert_eq!(status, want, "OPTIONS /sse with {headers:?}: {body}");
     }
 
     // The connection caps: one stream per user, two on the node.

@@ -1,15 +1,22 @@
 //! JWT verification for client identities, and HS256 minting for `stellwerk token`.
 //!
-//! The verifier accepts exactly one algorithm, the one that follows from the configured key
-//! (HS256 for `jwt.secret`; RS256, ES256 or EdDSA for `jwt.public_key_file`). The header's
-//! `alg` is checked against it before anything else, which is what refuses `alg: none` and
-//! algorithm confusion (an HS256 token "signed" with the public key).
+//! Every key accepts exactly one algorithm, the one that follows from it (HS256 for a secret;
+//! RS256, ES256 or EdDSA for a public key file). The key is chosen first (below), then the
+//! header's `alg` is checked against that key's algorithm before anything else, which is
+//! what refuses `alg: none` and algorithm confusion (an HS256 token "signed" with a public
+//! key).
+//!
+//! Which key: without `[[jwt.keys]]` the one `jwt.secret` / `jwt.public_key_file` verifies
+//! every token (`kid` ignored). With `[[jwt.keys]]`, a token naming a `kid` is verified by
+//! that entry only (an unknown `kid` is refused), and a token without `kid` by
+//! `jwt.secret` / `jwt.public_key_file` if set (refused otherwise).
 //!
 //! Checked: signature, `exp` (required), `nbf` and `iat` (both optional, must not lie in the
 //! future), `sub` (required, a non-empty string), all with `jwt.leeway_seconds` of clock
-//! leeway. Not checked in this slice: `aud` and `iss` (a token that carries them is accepted).
+//! leeway; `aud` and `iss` when `jwt.audience` / `jwt.issuer` are set (then required).
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,17 +47,35 @@ pub enum TokenError {
     /// The header's `alg` is not the one configured algorithm (includes `none`).
     #[error("token algorithm `{0}` not allowed")]
     AlgorithmNotAllowed(String),
-    /// A required claim (`sub`, `exp`) is missing, has the wrong type, or (`sub`) is empty.
+    /// A required claim (`sub`, `exp`, and `aud`/`iss` where configured) is missing, has
+    /// the wrong type, or (`sub`) is empty.
     #[error("token claim `{0}` missing or invalid")]
     MissingClaim(&'static str),
+    /// `aud` or `iss` is not the configured one.
+    #[error("token claim `{0}` is not the expected one")]
+    WrongClaim(&'static str),
+    /// The header names a `kid` that no `[[jwt.keys]]` entry has.
+    #[error("token key id `{0}` unknown")]
+    UnknownKey(String),
+    /// Keys are selected by `kid`, the token has none and no key without `kid` is set.
+    #[error("token has no `kid`")]
+    MissingKeyId,
 }
 
 /// Why the JWT settings cannot be turned into a verifier (a start-up error).
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// Neither `jwt.secret` nor `jwt.public_key_file` is set.
-    #[error("no JWT key configured: set jwt.secret or jwt.public_key_file")]
+    /// Neither `jwt.secret` nor `jwt.public_key_file` nor `[[jwt.keys]]` is set.
+    #[error("no JWT key configured: set jwt.secret, jwt.public_key_file or [[jwt.keys]]")]
     NoKey,
+    /// A `[[jwt.keys]]` entry is unusable (no key, both keys, a `kid` twice).
+    #[error("jwt.keys: kid `{kid}`: {reason}")]
+    BadKeyEntry {
+        /// The entry's `kid`.
+        kid: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// Both are set; the algorithm would be ambiguous.
     #[error("jwt.secret and jwt.public_key_file are both set; choose one")]
     BothKeys,
@@ -75,86 +100,109 @@ pub enum AuthError {
     },
 }
 
-/// Verifies client tokens against the one configured key and algorithm.
+/// Verifies client tokens against the configured keys, each with its one algorithm.
 ///
 /// Cheap to clone; build it once at start-up with [`TokenVerifier::from_config`].
 #[derive(Clone)]
 pub struct TokenVerifier {
+    /// `jwt.secret` / `jwt.public_key_file`: tokens without `kid` (all tokens when `by_kid`
+    /// is empty).
+    unnamed: Option<VerifyingKey>,
+    /// `[[jwt.keys]]` by `kid`.
+    by_kid: HashMap<String, VerifyingKey>,
+    leeway: u64,
+}
+
+/// One key, the only algorithm it accepts, and the checks that go with it.
+#[derive(Clone)]
+struct VerifyingKey {
     algorithm: Algorithm,
     key: DecodingKey,
     validation: Validation,
-    leeway: u64,
 }
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The key itself stays out of logs.
+        // The keys themselves stay out of logs.
         f.debug_struct("TokenVerifier")
-            .field("algorithm", &self.algorithm)
+            .field("keys", &self.describe())
             .field("leeway", &self.leeway)
             .finish_non_exhaustive()
     }
 }
 
 impl TokenVerifier {
-    /// Builds the verifier: `jwt.secret` → HS256; `jwt.public_key_file` → the algorithm of the
-    /// PEM public key in it (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA).
+    /// Builds the verifier: a secret → HS256; a public key file → the algorithm of the PEM
+    /// public key in it (RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA).
     pub fn from_config(jwt: &JwtConfig) -> Result<TokenVerifier, AuthError> {
-        let (algorithm, key) = match (&jwt.secret, &jwt.public_key_file) {
-            (Some(_), Some(_)) => return Err(AuthError::BothKeys),
-            (None, None) => return Err(AuthError::NoKey),
-            (Some(secret), None) if secret.is_empty() => return Err(AuthError::EmptySecret),
-            (Some(secret), None) => (
-                Algorithm::HS256,
-                DecodingKey::from_secret(secret.as_bytes()),
-            ),
-            (None, Some(path)) => {
-                let pem = std::fs::read(path).map_err(|source| AuthError::KeyFileUnreadable {
-                    path: path.clone(),
-                    source,
-                })?;
-                public_key_from_pem(&pem).map_err(|reason| AuthError::UnrecognisedKey {
-                    path: path.clone(),
-                    reason,
-                })?
-            }
-        };
-        let mut validation = Validation::new(algorithm);
-        validation.algorithms = vec![algorithm];
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        // `aud`/`iss` are not checked in this slice; without this a token carrying `aud`
-        // would be refused because no audience is configured.
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
         // `Config::validate` refuses more; the clamp protects configs built in code, since
         // jsonwebtoken computes `now - leeway` and a huge leeway would accept expired tokens.
         let leeway = jwt.leeway_seconds.min(MAX_LEEWAY_SECONDS);
-        validation.leeway = leeway;
+        let build = |secret: Option<&str>, file: Option<&Path>| {
+            let (algorithm, key) = load_key(secret, file)?;
+            Ok::<_, AuthError>(VerifyingKey {
+                algorithm,
+                key,
+                validation: validation(algorithm, jwt, leeway),
+            })
+        };
+        let unnamed = match (&jwt.secret, &jwt.public_key_file) {
+            (Some(_), Some(_)) => return Err(AuthError::BothKeys),
+            (None, None) => None,
+            (secret, file) => Some(build(secret.as_deref(), file.as_deref())?),
+        };
+        let mut by_kid = HashMap::new();
+        for entry in &jwt.keys {
+            let bad = |reason| AuthError::BadKeyEntry {
+                kid: entry.kid.clone(),
+                reason,
+            };
+            let key = match (&entry.secret, &entry.public_key_file) {
+                (Some(_), Some(_)) => return Err(bad("both secret and public_key_file")),
+                (None, None) => return Err(bad("neither secret nor public_key_file")),
+                (secret, file) => build(secret.as_deref(), file.as_deref())?,
+            };
+            if by_kid.insert(entry.kid.clone(), key).is_some() {
+                return Err(bad("listed twice"));
+            }
+        }
+        if unnamed.is_none() && by_kid.is_empty() {
+            return Err(AuthError::NoKey);
+        }
         Ok(TokenVerifier {
-            algorithm,
-            key,
-            validation,
+            unnamed,
+            by_kid,
             leeway,
         })
     }
 
-    /// The one accepted algorithm, for the start-up log (`"HS256"`, `"RS256"`, `"ES256"`,
-    /// `"EdDSA"`).
-    pub fn algorithm(&self) -> &'static str {
-        algorithm_name(self.algorithm)
+    /// The keys and their algorithms, for the start-up log, e.g.
+    /// `"HS256; kid 2026-02 RS256"`.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .unnamed
+            .iter()
+            .map(|key| algorithm_name(key.algorithm).to_owned())
+            .collect();
+        let mut kids: Vec<_> = self.by_kid.iter().collect();
+        kids.sort_by(|a, b| a.0.cmp(b.0));
+        for (kid, key) in kids {
+            parts.push(format!("kid {kid} {}", algorithm_name(key.algorithm)));
+        }
+        parts.join("; ")
     }
 
     /// Checks `token` and returns who it identifies.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
-        // Read `alg` ourselves first: jsonwebtoken cannot even parse `none` or unknown names,
-        // and the client deserves to hear which algorithm was refused.
-        let alg = header_alg(token)?;
-        if alg != algorithm_name(self.algorithm) {
-            return Err(TokenError::AlgorithmNotAllowed(printable(&alg)));
+        // Read the header ourselves first: jsonwebtoken cannot even parse `none` or unknown
+        // names, and the client deserves to hear which algorithm or key was refused.
+        let header = token_header(token)?;
+        let key = self.select(header.kid.as_deref())?;
+        if header.alg != algorithm_name(key.algorithm) {
+            return Err(TokenError::AlgorithmNotAllowed(printable(&header.alg)));
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
-            .map_err(|e| map_jwt_error(e.kind(), &alg))?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation)
+            .map_err(|e| map_jwt_error(e.kind(), &header.alg))?;
         let claims = data.claims;
 
         let user = match claims.get("sub") {
@@ -179,6 +227,69 @@ impl TokenVerifier {
             claims_json,
             expires_at,
         })
+    }
+
+    fn select(&self, kid: Option<&str>) -> Result<&VerifyingKey, TokenError> {
+        if self.by_kid.is_empty() {
+            return self.unnamed.as_ref().ok_or(TokenError::MissingKeyId);
+        }
+        match kid {
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .ok_or_else(|| TokenError::UnknownKey(printable(kid))),
+            None => self.unnamed.as_ref().ok_or(TokenError::MissingKeyId),
+        }
+    }
+}
+
+/// The checks for tokens of one key: its algorithm only, `exp` and `sub` always, `aud` and
+/// `iss` when configured.
+fn validation(algorithm: Algorithm, jwt: &JwtConfig, leeway: u64) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.algorithms = vec![algorithm];
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    match &jwt.audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        // Without this a token carrying `aud` would be refused for lack of an audience.
+        None => validation.validate_aud = false,
+    }
+    if let Some(issuer) = &jwt.issuer {
+        validation.set_issuer(&[issuer]);
+        required.push("iss");
+    }
+    validation.set_required_spec_claims(&required);
+    validation.leeway = leeway;
+    validation
+}
+
+/// A secret (HS256) or the public key in a PEM file (its algorithm by key type).
+fn load_key(
+    secret: Option<&str>,
+    file: Option<&Path>,
+) -> Result<(Algorithm, DecodingKey), AuthError> {
+    match (secret, file) {
+        (Some(""), _) => Err(AuthError::EmptySecret),
+        (Some(secret), _) => Ok((
+            Algorithm::HS256,
+            DecodingKey::from_secret(secret.as_bytes()),
+        )),
+        (None, Some(path)) => {
+            let pem = std::fs::read(path).map_err(|source| AuthError::KeyFileUnreadable {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            public_key_from_pem(&pem).map_err(|reason| AuthError::UnrecognisedKey {
+                path: path.to_path_buf(),
+                reason,
+            })
+        }
+        (None, None) => Err(AuthError::NoKey),
     }
 }
 
@@ -236,8 +347,13 @@ fn algorithm_name(algorithm: Algorithm) -> &'static str {
     }
 }
 
-/// The header's `alg`, read without trusting anything else in the token.
-fn header_alg(token: &str) -> Result<String, TokenError> {
+/// What the header says, read without trusting anything else in the token.
+struct TokenHeader {
+    alg: String,
+    kid: Option<String>,
+}
+
+fn token_header(token: &str) -> Result<TokenHeader, TokenError> {
     let mut parts = token.split('.');
     let (Some(header), Some(_), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -249,13 +365,19 @@ fn header_alg(token: &str) -> Result<String, TokenError> {
         .map_err(|_| TokenError::Malformed)?;
     let header: Map<String, Value> =
         serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
-    match header.get("alg") {
-        Some(Value::String(alg)) => Ok(alg.clone()),
-        _ => Err(TokenError::Malformed),
-    }
+    let alg = match header.get("alg") {
+        Some(Value::String(alg)) => alg.clone(),
+        _ => return Err(TokenError::Malformed),
+    };
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(TokenError::Malformed),
+    };
+    Ok(TokenHeader { alg, kid })
 }
 
-/// The client's `alg` goes back into an error message: keep it short and printable.
+/// The client's `alg` or `kid` goes back into an error message: keep it short and printable.
 fn printable(alg: &str) -> String {
     alg.chars()
         .filter(|c| c.is_ascii_graphic())
@@ -275,6 +397,10 @@ fn map_jwt_error(kind: &ErrorKind, alg: &str) -> TokenError {
         }
         ErrorKind::MissingRequiredClaim(claim) if claim == "sub" => TokenError::MissingClaim("sub"),
         ErrorKind::MissingRequiredClaim(claim) if claim == "exp" => TokenError::MissingClaim("exp"),
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => TokenError::MissingClaim("aud"),
+        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => TokenError::MissingClaim("iss"),
+        ErrorKind::InvalidAudience => TokenError::WrongClaim("aud"),
+        ErrorKind::InvalidIssuer => TokenError::WrongClaim("iss"),
         _ => TokenError::Malformed,
     }
 }
@@ -335,6 +461,7 @@ fn first_pem_block(text: &str) -> Option<(&str, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::JwtKeyConfig;
     use serde_json::json;
     use std::path::Path;
 
@@ -351,6 +478,7 @@ mod tests {
             secret: Some(SECRET.into()),
             public_key_file: None,
             leeway_seconds: leeway,
+            ..JwtConfig::default()
         })
         .unwrap()
     }
@@ -360,6 +488,7 @@ mod tests {
             secret: None,
             public_key_file: Some(testdata(public)),
             leeway_seconds: 30,
+            ..JwtConfig::default()
         })
         .unwrap()
     }
@@ -401,7 +530,7 @@ mod tests {
     }
 
     #[test]
-    fn token_with_audience_is_accepted_because_aud_is_not_checked() {
+    fn token_with_audience_is_accepted_when_no_audience_is_configured() {
         let mut claims = valid_claims();
         claims["aud"] = json!("stellwerk");
         claims["iss"] = json!("studip");
@@ -588,7 +717,7 @@ mod tests {
             }
             .unwrap();
             let verifier = key_file_verifier(public);
-            assert_eq!(verifier.algorithm(), algorithm_name(alg));
+            assert_eq!(verifier.describe(), algorithm_name(alg));
             let identity = verifier.verify(&sign(alg, &key, &valid_claims())).unwrap();
             assert_eq!(identity.user, "e7a0a84b161f3e8c09b4a0a2e8a58147");
 
@@ -644,6 +773,7 @@ mod tests {
                 secret: None,
                 public_key_file: Some(testdata(file)),
                 leeway_seconds: 30,
+                ..JwtConfig::default()
             })
             .unwrap_err();
             let message = err.to_string();
@@ -658,6 +788,7 @@ mod tests {
             secret: None,
             public_key_file: None,
             leeway_seconds: 30,
+            ..JwtConfig::default()
         };
         assert!(matches!(
             TokenVerifier::from_config(&none),
@@ -667,6 +798,7 @@ mod tests {
             secret: Some(SECRET.into()),
             public_key_file: Some(testdata("rsa_public.pem")),
             leeway_seconds: 30,
+            ..JwtConfig::default()
         };
         assert!(matches!(
             TokenVerifier::from_config(&both),
@@ -696,5 +828,214 @@ mod tests {
             panic!("expected AlgorithmNotAllowed");
         };
         assert!(alg.len() <= 16 && alg.chars().all(|c| c.is_ascii_graphic()));
+    }
+
+    fn sign_with_kid(secret: &str, kid: Option<&str>, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn key(kid: &str, secret: &str) -> JwtKeyConfig {
+        JwtKeyConfig {
+            kid: kid.into(),
+            secret: Some(secret.into()),
+            public_key_file: None,
+        }
+    }
+
+    #[test]
+    fn configured_audience_and_issuer_are_required_and_must_match() {
+        let verifier = TokenVerifier::from_config(&JwtConfig {
+            secret: Some(SECRET.into()),
+            audience: Some("stellwerk".into()),
+            issuer: Some("https://studip.example.org".into()),
+            ..JwtConfig::default()
+        })
+        .unwrap();
+        let mut claims = valid_claims();
+        claims["aud"] = json!("stellwerk");
+        claims["iss"] = json!("https://studip.example.org");
+        assert!(verifier.verify(&sign_hs256(SECRET, &claims)).is_ok());
+        // An audience list that contains ours is fine too.
+        let mut listed = claims.clone();
+        listed["aud"] = json!(["other", "stellwerk"]);
+        assert!(verifier.verify(&sign_hs256(SECRET, &listed)).is_ok());
+
+        for (patch, expected) in [
+            (json!({"aud": null}), TokenError::MissingClaim("aud")),
+            (json!({"iss": null}), TokenError::MissingClaim("iss")),
+            (
+                json!({"aud": "other-service"}),
+                TokenError::WrongClaim("aud"),
+            ),
+            (
+                json!({"aud": ["other-service"]}),
+                TokenError::WrongClaim("aud"),
+            ),
+            (
+                json!({"iss": "https://evil.test"}),
+                TokenError::WrongClaim("iss"),
+            ),
+        ] {
+            let mut claims = claims.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                if v.is_null() {
+                    claims.as_object_mut().unwrap().remove(k);
+                } else {
+                    claims[k] = v.clone();
+                }
+            }
+            assert_eq!(
+                verifier.verify(&sign_hs256(SECRET, &claims)).unwrap_err(),
+                expected,
+                "{patch}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_are_selected_by_kid_and_an_unknown_kid_is_refused() {
+        let (old, new) = (
+            "old-secret-old-secret-old-secret!",
+            "new-secret-new-secret-new-secret!",
+        );
+        let verifier = TokenVerifier::from_config(&JwtConfig {
+            keys: vec![key("2026-01", old), key("2026-02", new)],
+            ..JwtConfig::default()
+        })
+        .unwrap();
+        assert_eq!(verifier.describe(), "kid 2026-01 HS256; kid 2026-02 HS256");
+        let claims = valid_claims();
+        for (kid, secret) in [("2026-01", old), ("2026-02", new)] {
+            let token = sign_with_kid(secret, Some(kid), &claims);
+            assert!(verifier.verify(&token).is_ok(), "{kid}");
+        }
+        // The kid picks the key: another entry's secret does not verify.
+        let swapped = sign_with_kid(new, Some("2026-01"), &claims);
+        assert_eq!(
+            verifier.verify(&swapped).unwrap_err(),
+            TokenError::BadSignature
+        );
+        let unknown = sign_with_kid(old, Some("2025-12"), &claims);
+        assert_eq!(
+            verifier.verify(&unknown).unwrap_err(),
+            TokenError::UnknownKey("2025-12".into())
+        );
+        let without = sign_with_kid(old, None, &claims);
+        assert_eq!(
+            verifier.verify(&without).unwrap_err(),
+            TokenError::MissingKeyId
+        );
+    }
+
+    #[test]
+    fn the_unnamed_key_verifies_tokens_without_kid_next_to_a_key_list() {
+        let verifier = TokenVerifier::from_config(&JwtConfig {
+            secret: Some(SECRET.into()),
+            keys: vec![key("next", "next-secret-next-secret-next-secret")],
+            ..JwtConfig::default()
+        })
+        .unwrap();
+        let claims = valid_claims();
+        assert!(verifier
+            .verify(&sign_with_kid(SECRET, None, &claims))
+            .is_ok());
+        assert!(verifier
+            .verify(&sign_with_kid(
+                "next-secret-next-secret-next-secret",
+                Some("next"),
+                &claims
+            ))
+            .is_ok());
+        // With a kid, only the listed keys count, even if the unnamed key would verify.
+        assert_eq!(
+            verifier
+                .verify(&sign_with_kid(SECRET, Some("gone"), &claims))
+                .unwrap_err(),
+            TokenError::UnknownKey("gone".into())
+        );
+        // Without a key list, the one key verifies every token and `kid` is ignored.
+        assert!(hs256_verifier(30)
+            .verify(&sign_with_kid(SECRET, Some("anything"), &claims))
+            .is_ok());
+    }
+
+    #[test]
+    fn each_kid_fixes_its_algorithm() {
+        let public_pem = std::fs::read(testdata("rsa_public.pem")).unwrap();
+        let verifier = TokenVerifier::from_config(&JwtConfig {
+            keys: vec![
+                JwtKeyConfig {
+                    kid: "rsa".into(),
+                    secret: None,
+                    public_key_file: Some(testdata("rsa_public.pem")),
+                },
+                key("hmac", SECRET),
+            ],
+            ..JwtConfig::default()
+        })
+        .unwrap();
+        // HS256 "signed" with the RSA public key, naming the RSA kid: refused by algorithm.
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("rsa".into());
+        let confused = jsonwebtoken::encode(
+            &header,
+            &valid_claims(),
+            &EncodingKey::from_secret(&public_pem),
+        )
+        .unwrap();
+        assert_eq!(
+            verifier.verify(&confused).unwrap_err(),
+            TokenError::AlgorithmNotAllowed("HS256".into())
+        );
+        let pem = std::fs::read(testdata("rsa_private.pem")).unwrap();
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa".into());
+        let token = jsonwebtoken::encode(
+            &header,
+            &valid_claims(),
+            &EncodingKey::from_rsa_pem(&pem).unwrap(),
+        )
+        .unwrap();
+        assert!(verifier.verify(&token).is_ok());
+        header.kid = Some("hmac".into());
+        let token = jsonwebtoken::encode(
+            &header,
+            &valid_claims(),
+            &EncodingKey::from_rsa_pem(&pem).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            verifier.verify(&token).unwrap_err(),
+            TokenError::AlgorithmNotAllowed("RS256".into())
+        );
+    }
+
+    #[test]
+    fn bad_key_entries_are_refused_at_start_up() {
+        for (keys, expected) in [
+            (vec![key("a", SECRET), key("a", SECRET)], "listed twice"),
+            (
+                vec![JwtKeyConfig {
+                    kid: "b".into(),
+                    secret: None,
+                    public_key_file: None,
+                }],
+                "neither",
+            ),
+        ] {
+            let err = TokenVerifier::from_config(&JwtConfig {
+                keys,
+                ..JwtConfig::default()
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! How clients are connected: WebSocket (`/ws`) and Server-Sent Events
-//! (`/sse`). Both register with the hub and drain a bounded push queue.
+//! (`/sse`). Both register with the hub and drain a bounded push queue; `origin` decides
+//! which web pages may open them.
 
+pub(crate) mod origin;
 pub(crate) mod sse;
 pub(crate) mod ws;
 

@@ -2,7 +2,8 @@
 //! JSON error before it starts, then `event: message` per push.
 //!
 //! Every message carries an `id:` cursor with the position of every channel
-//! of the stream, signed with a key derived from the API key, so that
+//! of the stream, signed with a key derived from `cursor_secret` (or, without
+//! one, from the API key), so that
 //! `Last-Event-ID` (or `?lastEventId=` on a first connect) resumes all of
 //! them; see docs/protocol.md, "Server-Sent Events".
 
@@ -112,7 +113,13 @@ async fn open(app: &AppState, headers: &HeaderMap, query: &str) -> Result<Respon
         )));
     }
 
-    let signer = CursorSigner::new(app.config.api_key.as_deref().unwrap_or_default());
+    let signer = CursorSigner::new(
+        app.config
+            .cursor_secret
+            .as_deref()
+            .or(app.config.api_key.as_deref())
+            .unwrap_or_default(),
+    );
     // `None`: no resume asked; `Some(Err)`: asked, but the cursor is unusable.
     let resume_from = resume.map(|cursor| signer.decode(&cursor, &sorted));
     if let Some(Err(error)) = &resume_from {
@@ -350,6 +357,8 @@ const CURSOR_VERSION: u8 = 1;
 const CURSOR_MAC_BYTES: usize = 8;
 /// Domain separation: the API key also authenticates PHP, for other purposes.
 const CURSOR_MAC_CONTEXT: &[u8] = b"stellwerk sse cursor v1\0";
+/// Label of the cursor key's derivation from the configured secret.
+const CURSOR_KEY_LABEL: &[u8] = b"stellwerk sse cursor key\0";
 const EPOCH_RAW: u8 = 0;
 /// Lower-case hex of even length (the memory engine's epochs), packed as bytes.
 const EPOCH_HEX: u8 = 1;
@@ -357,16 +366,21 @@ const EPOCH_HEX: u8 = 1;
 /// Encodes and checks cursors: base64url (no padding) of
 /// `version, channel count, per channel (epoch, offset), MAC`, where the MAC
 /// also covers the channel names, so a cursor only fits its channel set.
-/// The key is the installation's API key, which every node shares.
+/// The key is derived from `cursor_secret` or the API key, which every node of
+/// an installation shares; never the secret itself, so that the MAC key is not
+/// a credential that opens anything else.
 #[derive(Clone)]
 struct CursorSigner {
     mac: Hmac<Sha256>,
 }
 
 impl CursorSigner {
-    fn new(api_key: &str) -> CursorSigner {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(api_key.as_bytes()).expect("HMAC takes any key length");
+    fn new(secret: &str) -> CursorSigner {
+        let mut derive =
+            Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+        derive.update(CURSOR_KEY_LABEL);
+        let key = derive.finalize().into_bytes();
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
         mac.update(CURSOR_MAC_CONTEXT);
         CursorSigner { mac }
     }
@@ -572,6 +586,22 @@ mod tests {
         assert!(matches!(
             signer.decode(&cursor, &channels(&["public:a"])),
             Err(CursorError::ChannelCount { got: 2, want: 1 })
+        ));
+    }
+
+    #[test]
+    fn the_mac_key_is_derived_not_the_secret_itself() {
+        let chans = channels(&["public:a"]);
+        let positions = vec![position("0a0b", 7)];
+        // How cursors were keyed before: HMAC with the API key itself.
+        let mut raw = Hmac::<Sha256>::new_from_slice(b"the-api-key").unwrap();
+        raw.update(CURSOR_MAC_CONTEXT);
+        let raw_cursor = CursorSigner { mac: raw }.encode(&chans, &positions);
+        let signer = CursorSigner::new("the-api-key");
+        assert_ne!(signer.encode(&chans, &positions), raw_cursor);
+        assert!(matches!(
+            signer.decode(&raw_cursor, &chans),
+            Err(CursorError::Signature)
         ));
     }
 
