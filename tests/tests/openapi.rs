@@ -820,9 +820,21 @@ async fn check_streams(c: &mut Contract, server: &Server) {
         assert_eq!(status, want, "/ws with {headers:?}: {body}");
     }
     for (path, headers, want) in [
-        (format!("/sse?channel=public:news&token={ada}"), &[][..], 200),
-        (format!("/sse?channel=public:news&token={ada}"), &studip[..], 200),
-        (format!("/sse?channel=public:news&token={ada}"), &evil[..], 403),
+        (
+            format!("/sse?channel=public:news&token={ada}"),
+            &[][..],
+            200,
+        ),
+        (
+            format!("/sse?channel=public:news&token={ada}"),
+            &studip[..],
+            200,
+        ),
+        (
+            format!("/sse?channel=public:news&token={ada}"),
+            &evil[..],
+            403,
+        ),
         (format!("/sse?token={ada}"), &studip[..], 400),
         ("/sse?channel=public:news".to_owned(), &studip[..], 401),
         (format!("/sse?channel={CHAT}&token={bob}"), &[][..], 403),
