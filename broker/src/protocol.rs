@@ -18,7 +18,6 @@ pub(crate) enum ErrorCode {
     Unauthorized,
     Forbidden,
     NotFound,
-    #[allow(dead_code)] // reserved for command floods (docs/protocol.md)
     RateLimited,
     TooLarge,
     Internal,
