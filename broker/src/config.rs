@@ -79,6 +79,8 @@ pub struct Config {
     pub sse: SseConfig,
     /// `[engine]`: where offsets, epochs and history live.
     pub engine: EngineConfig,
+    /// `[rate_limits]`: how often a connection or the API key may act.
+    pub rate_limits: RateLimitsConfig,
 }
 
 /// `[jwt]`: at most one of `secret` (HS256) and `public_key_file` (RS256/ES256/EdDSA) for
@@ -162,6 +164,31 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// WebSocket connections and SSE streams of one user (HTTP 429, or close 4009).
     pub max_connections_per_user: usize,
+}
+
+/// `[rate_limits]`: token buckets, each a sustained rate and a burst; a rate of 0 turns
+/// that limit off. Over a limit a WebSocket command gets `rate_limited` (the connection
+/// lives on), `POST /api/publish` gets 429 with `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Commands per second per WebSocket connection, whatever their type.
+    pub commands_per_second: u32,
+    /// Commands a connection may send at once (a page subscribing at load).
+    pub commands_burst: u32,
+    /// Client `publish` commands per second per connection.
+    pub publishes_per_second: u32,
+    /// Client publishes at once.
+    pub publishes_burst: u32,
+    /// `subscribe` plus `unsubscribe` per second per connection; bounds presence
+    /// `join`/`leave` storms, since each needs one of them.
+    pub subscriptions_per_second: u32,
+    /// Subscribes and unsubscribes at once.
+    pub subscriptions_burst: u32,
+    /// `POST /api/publish` requests per second with the API key, all PHP workers together.
+    pub api_publishes_per_second: u32,
+    /// `POST /api/publish` requests at once.
+    pub api_publishes_burst: u32,
 }
 
 /// `[websocket]`: keep-alive, authentication deadline and buffer sizes of `/ws`.
@@ -250,6 +277,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             sse: SseConfig::default(),
             engine: EngineConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
         }
     }
 }
@@ -300,6 +328,25 @@ impl Default for LimitsConfig {
             max_subscriptions_per_connection: 128,
             max_connections: 50_000,
             max_connections_per_user: 64,
+        }
+    }
+}
+
+/// Far above what an honest page does (docs/configuration.md gives the reasoning): a course
+/// page subscribing 30 channels with history and presence at load, a reconnect recovering
+/// them, a chat; low enough that one client cannot make the broker push presence to a whole
+/// lecture hall hundreds of times a second.
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            commands_per_second: 50,
+            commands_burst: 300,
+            publishes_per_second: 10,
+            publishes_burst: 50,
+            subscriptions_per_second: 5,
+            subscriptions_burst: 150,
+            api_publishes_per_second: 5_000,
+            api_publishes_burst: 10_000,
         }
     }
 }
@@ -370,6 +417,7 @@ impl fmt::Debug for Config {
             .field("websocket", &self.websocket)
             .field("sse", &self.sse)
             .field("engine", &self.engine)
+            .field("rate_limits", &self.rate_limits)
             .finish()
     }
 }
@@ -752,6 +800,36 @@ impl Config {
                 return Err(Problem::new(&[key], "must be greater than 0"));
             }
         }
+        let rate_limits = &self.rate_limits;
+        for (rate, burst, burst_key) in [
+            (
+                rate_limits.commands_per_second,
+                rate_limits.commands_burst,
+                "commands_burst",
+            ),
+            (
+                rate_limits.publishes_per_second,
+                rate_limits.publishes_burst,
+                "publishes_burst",
+            ),
+            (
+                rate_limits.subscriptions_per_second,
+                rate_limits.subscriptions_burst,
+                "subscriptions_burst",
+            ),
+            (
+                rate_limits.api_publishes_per_second,
+                rate_limits.api_publishes_burst,
+                "api_publishes_burst",
+            ),
+        ] {
+            if rate > 0 && burst == 0 {
+                return Err(Problem::new(
+                    &[("rate_limits", burst_key)],
+                    "must be at least 1 while its rate is on (a rate of 0 turns a limit off)",
+                ));
+            }
+        }
         if self.limits.max_frame_bytes < 1024 {
             return Err(Problem::new(
                 &[("limits", "max_frame_bytes")],
@@ -976,6 +1054,7 @@ fn failing_section(table: &toml::Table) -> &str {
             "websocket" => WebSocketConfig::deserialize(value.clone()).is_ok(),
             "sse" => SseConfig::deserialize(value.clone()).is_ok(),
             "engine" => EngineConfig::deserialize(value.clone()).is_ok(),
+            "rate_limits" => RateLimitsConfig::deserialize(value.clone()).is_ok(),
             _ => true,
         };
         if !fits && value.is_table() {
@@ -1283,6 +1362,7 @@ fn section_fields(section: &str) -> Option<&'static [&'static str]> {
         "websocket" => field_names::<WebSocketConfig>(),
         "sse" => field_names::<SseConfig>(),
         "engine" => field_names::<EngineConfig>(),
+        "rate_limits" => field_names::<RateLimitsConfig>(),
         _ => return None,
     })
 }
@@ -1693,6 +1773,8 @@ kind = "memory"
             "STELLWERK_PLUGINS_MAX_UPLOAD_BYTES",
             "STELLWERK_SSE_RETRY_MS",
             "STELLWERK_ENGINE_KIND",
+            "STELLWERK_RATE_LIMITS_COMMANDS_PER_SECOND",
+            "STELLWERK_RATE_LIMITS_API_PUBLISHES_BURST",
         ] {
             assert!(vars.iter().any(|v| v == expected), "{expected} missing");
         }
@@ -1721,6 +1803,48 @@ kind = "memory"
         assert_eq!(
             config.allowed_origins,
             ["https://a.example", "https://b.example"]
+        );
+    }
+
+    #[test]
+    fn rate_limits_are_on_by_default_and_zero_turns_one_off() {
+        let defaults = Config::default().rate_limits;
+        for rate in [
+            defaults.commands_per_second,
+            defaults.publishes_per_second,
+            defaults.subscriptions_per_second,
+            defaults.api_publishes_per_second,
+        ] {
+            assert!(rate > 0, "{defaults:?}");
+        }
+        let config = load_env(&[
+            ("STELLWERK_RATE_LIMITS_PUBLISHES_PER_SECOND", "0"),
+            ("STELLWERK_RATE_LIMITS_SUBSCRIPTIONS_BURST", "7"),
+        ])
+        .unwrap();
+        assert_eq!(config.rate_limits.publishes_per_second, 0);
+        assert_eq!(config.rate_limits.subscriptions_burst, 7);
+        // A burst of 0 is fine for a limit that is off, an error for one that is on.
+        load_env(&[
+            ("STELLWERK_RATE_LIMITS_PUBLISHES_PER_SECOND", "0"),
+            ("STELLWERK_RATE_LIMITS_PUBLISHES_BURST", "0"),
+        ])
+        .unwrap();
+        let message = load_env(&[("STELLWERK_RATE_LIMITS_PUBLISHES_BURST", "0")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "STELLWERK_RATE_LIMITS_PUBLISHES_BURST: rate_limits.publishes_burst must be at \
+             least 1 while its rate is on (a rate of 0 turns a limit off)"
+        );
+        let file = TempFile::new("[rate_limits]\ncommands_per_second = -1\n");
+        let message = Config::load(Some(&file.0), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("line 2: rate_limits.commands_per_second"),
+            "{message}"
         );
     }
 

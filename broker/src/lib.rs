@@ -11,6 +11,7 @@
 //! - `channel`: channel names (`namespace:rest`), validated at the edge.
 //! - `api`: `POST /api/publish` and the health endpoints.
 //! - `transport`: WebSocket (`/ws`) and SSE (`/sse`) connections.
+//! - `rate`: token buckets that refuse commands and publishes over the rate limits.
 //! - `protocol`: the JSON frames of wire contract v1.
 //! - `hub`: subscriptions, fan-out and bounded per-connection queues; asks
 //!   `plugins` before anything is subscribed or published.
@@ -31,6 +32,7 @@ pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod plugins;
 pub(crate) mod protocol;
+pub(crate) mod rate;
 mod request_log;
 mod server;
 pub(crate) mod transport;

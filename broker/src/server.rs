@@ -17,6 +17,7 @@ use crate::engine::{Engine, HistoryPolicy, Lifetimes, MemoryEngine};
 use crate::hub::{Hub, HubLimits};
 use crate::listener::{self, Timeouts};
 use crate::plugins::{LiveRegistry, PluginError, PluginLimits, Registry, Reloader};
+use crate::rate::RateLimits;
 use crate::{api, plugins, transport};
 
 /// Why the server could not start, or stopped with an error.
@@ -42,6 +43,8 @@ pub(crate) struct AppState {
     pub(crate) api_key: Arc<ApiKey>,
     /// Hot reload of the plugins (the watcher and `/admin/plugins`).
     pub(crate) plugins: Reloader,
+    /// The configured rates, the API key's bucket, refusal counts.
+    pub(crate) rate: Arc<RateLimits>,
     /// Flips to `true` once shutdown begins; sessions close with 1001.
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Random per process, so that client ids are unique across restarts and nodes.
@@ -148,6 +151,7 @@ pub async fn run(
     let (stop, stopped) = watch::channel(false);
     let app = AppState {
         plugins,
+        rate: Arc::new(RateLimits::new(&config.rate_limits)),
         hub: hub.clone(),
         config: Arc::new(config),
         verifier: Arc::new(verifier),

@@ -18,7 +18,11 @@ const WINDOW: usize = 250;
 async fn start(extra: &[(&str, &str)]) -> Server {
     let mut builder = Server::builder()
         .env("STELLWERK_ADMIN_TOKEN", ADMIN)
-        .env("STELLWERK_ENGINE_CHANNEL_IDLE_SECONDS", 1);
+        .env("STELLWERK_ENGINE_CHANNEL_IDLE_SECONDS", 1)
+        // The floods below measure the engine's own bound, not the rate limits that would
+        // otherwise stop them after a few hundred commands.
+        .env("STELLWERK_RATE_LIMITS_COMMANDS_PER_SECOND", 0)
+        .env("STELLWERK_RATE_LIMITS_SUBSCRIPTIONS_PER_SECOND", 0);
     for (key, value) in extra {
         builder = builder.env(key, value);
     }

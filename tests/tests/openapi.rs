@@ -178,6 +178,33 @@ impl Contract {
         );
     }
 
+    /// Every header the response documents as `required` is there and fits its schema
+    /// (integers parsed as such).
+    fn check_headers(&self, response: &Value, headers: &reqwest::header::HeaderMap, what: &str) {
+        let Some(documented) = response["headers"].as_object() else {
+            return;
+        };
+        for (name, header) in documented {
+            let value = headers.get(name.as_str()).and_then(|v| v.to_str().ok());
+            let Some(value) = value else {
+                assert!(
+                    header["required"] != true,
+                    "{what}: the documented header {name} is missing"
+                );
+                continue;
+            };
+            let value = if header["schema"]["type"] == "integer" {
+                value
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .unwrap_or_else(|_| panic!("{what}: {name}: {value} is not an integer"))
+            } else {
+                Value::from(value)
+            };
+            self.validate(&header["schema"], &value, &format!("{what} header {name}"));
+        }
+    }
+
     /// Sends the request, checks the answer against the document and returns status and body
     /// (JSON, or a JSON string for text).
     async fn call(
@@ -302,6 +329,7 @@ impl Contract {
     ) -> (u16, Value) {
         let status = resp.status().as_u16();
         let content_type = header(&resp, "content-type");
+        let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
 
         let op = self.operation(template, method).clone();
@@ -322,6 +350,7 @@ impl Contract {
             return (status, Value::Null);
         }
         let response = self.inline(response);
+        self.check_headers(&response, &headers, &format!("{what} {status}"));
         let content = response["content"]
             .as_object()
             .unwrap_or_else(|| panic!("{what} {status}: no `content` documented"));
@@ -619,6 +648,36 @@ async fn every_documented_answer_is_what_the_server_sends() {
             .await;
         assert_eq!(status, want, "{body}");
     }
+
+    // ----- 429: a broker that allows one publish a second -----
+    let limited = Server::builder()
+        .env("STELLWERK_RATE_LIMITS_API_PUBLISHES_PER_SECOND", 1)
+        .env("STELLWERK_RATE_LIMITS_API_PUBLISHES_BURST", 1)
+        .start()
+        .await;
+    let limited_key = limited.api_key().to_owned();
+    let mut statuses = Vec::new();
+    // Bounded: at one token a second, ten requests in a row meet an empty bucket.
+    for n in 0..10 {
+        let (status, body) = c
+            .call(
+                &limited,
+                "post",
+                "/api/publish",
+                "/api/publish",
+                Some(&limited_key),
+                publish(json!({"channel": "public:news", "data": {"n": n}})),
+            )
+            .await;
+        statuses.push(status);
+        if status == 429 {
+            assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+            break;
+        }
+    }
+    assert_eq!(statuses[0], 200, "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    drop(limited);
 
     // ----- GET /api/channels -----
     let (status, body) = c

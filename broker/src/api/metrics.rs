@@ -114,6 +114,16 @@ fn render(app: &AppState) -> String {
         e.sample(name, &format!("reason=\"{reason}\""), value);
     }
 
+    let name = "stellwerk_rate_limited_total";
+    e.family(
+        name,
+        "counter",
+        "Commands and requests refused over a rate limit ([rate_limits]), by limit.",
+    );
+    for (limit, refused) in app.rate.refusals() {
+        e.sample(name, &format!("limit=\"{}\"", limit.as_str()), refused);
+    }
+
     let plugins = app.hub.registry().list();
     let hooks = |stats: &crate::plugins::PluginStats| -> [(&'static str, HookCounts); 3] {
         [

@@ -29,6 +29,9 @@ pub(crate) async fn publish(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     check_api_key(&app, &headers)?;
+    // After the key check, so that requests without the key cannot use up PHP's budget;
+    // before the body is read, so that a refusal is cheap.
+    app.rate.admit_api_publish(std::time::Instant::now())?;
     let max = app.config.limits.max_publish_bytes;
     let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
         ApiError::new(

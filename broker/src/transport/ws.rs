@@ -25,6 +25,7 @@ use crate::engine::Position;
 use crate::hub::{self, CutOff, Push, Queue, Refused, Registration};
 use crate::plugins::PublishSource;
 use crate::protocol::{self, Command, CommandKind, ErrorCode, Recover, Refusal};
+use crate::rate::ConnectionBuckets;
 use crate::server::AppState;
 
 /// Close codes of wire contract v1 (docs/protocol.md).
@@ -86,6 +87,7 @@ pub(crate) async fn upgrade(
                 batch: matches!(params.batch.as_deref(), Some("1" | "true")),
                 replay: Vec::new(),
                 expires: None,
+                buckets: ConnectionBuckets::default(),
             };
             session.run(params.token).await;
         })
@@ -107,6 +109,8 @@ struct Session {
     /// When the token in force runs out (`exp` plus the clock leeway);
     /// `None` for anonymous connections. Moved by `refresh`.
     expires: Option<Instant>,
+    /// Rate limits of this connection (`[rate_limits]`), checked per command.
+    buckets: ConnectionBuckets,
 }
 
 /// What ends a session from outside its socket, whether or not a write is
@@ -436,6 +440,13 @@ impl Session {
         connect_answered: &mut bool,
     ) -> String {
         let id = command.id;
+        // Refused over a rate limit: nothing of the command happens.
+        let admitted = self
+            .buckets
+            .admit(&self.app.rate, &command.kind, std::time::Instant::now());
+        if let Err(refused) = admitted {
+            return protocol::error_reply(Some(id), &refused.into());
+        }
         let result = match command.kind {
             CommandKind::Connect { batch, .. } => {
                 if *connect_answered {
