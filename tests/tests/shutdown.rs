@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use stellwerk_e2e::raw::RawWs;
+use stellwerk_e2e::raw::{RawFrame, RawWs};
 use stellwerk_e2e::Server;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -128,6 +128,78 @@ async fn sigint_with_nobody_connected_exits_at_once() {
     server.signal("INT");
     // Nothing to wait for: far below the 30 s bound.
     let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}"
+    );
+}
+
+/// Messages PHP was told were accepted reach a subscriber that is behind (its socket full,
+/// more queued in the broker) before its goodbye, when it reads on after the SIGTERM.
+#[tokio::test]
+async fn sigterm_writes_what_was_queued_before_the_goodbye() {
+    const MESSAGES: usize = 400;
+    let mut server = Server::builder()
+        .env("STELLWERK_SHUTDOWN_TIMEOUT_SECONDS", 30)
+        .start()
+        .await;
+    let token = server.token("behind");
+    let mut behind = RawWs::connect(server.addr(), &format!("/ws?token={token}"), 4096)
+        .await
+        .expect("raw WebSocket");
+    behind
+        .send_text(&json!({"id": 1, "type": "subscribe", "channel": STALLED}).to_string())
+        .await
+        .expect("subscribe");
+    let reply = tokio::time::timeout(Duration::from_secs(10), behind.read_frame())
+        .await
+        .expect("subscribe reply in time")
+        .expect("subscribe reply");
+    assert!(
+        String::from_utf8_lossy(&reply.payload).contains("subscribed"),
+        "{reply:?}"
+    );
+    // 6.4 MiB: more than the kernel's socket buffers hold (4 MiB at most on loopback), less
+    // than the default queue bound (8 MiB), so the rest waits in the broker's queue.
+    let blob = "x".repeat(16 * 1024);
+    for i in 0..MESSAGES {
+        server
+            .publish_ok(STALLED, &json!({"i": i, "blob": blob}))
+            .await;
+    }
+
+    server.signal("TERM");
+    let mut received = Vec::new();
+    let (code, goodbye) = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), behind.read_frame())
+            .await
+            .expect("a frame within 30 s")
+            .unwrap_or_else(|| panic!("socket ended after {} messages", received.len()));
+        if frame.opcode == RawFrame::CLOSE {
+            let goodbye = received.last().cloned();
+            break (frame.close_code(), goodbye);
+        }
+        if frame.opcode != RawFrame::TEXT {
+            continue;
+        }
+        let push: serde_json::Value = serde_json::from_slice(&frame.payload).expect("JSON push");
+        received.push(push);
+    };
+    assert_eq!(code, 1001);
+    let goodbye = goodbye.expect("pushes before the close");
+    assert_eq!(goodbye["type"], "disconnect", "{goodbye}");
+    assert_eq!(goodbye["code"], 1001, "{goodbye}");
+    let numbers: Vec<u64> = received
+        .iter()
+        .filter(|p| p["type"] == "message")
+        .map(|p| p["data"]["i"].as_u64().expect("i"))
+        .collect();
+    assert_eq!(
+        numbers,
+        (0..MESSAGES as u64).collect::<Vec<_>>(),
+        "every accepted message, in order, before the goodbye"
+    );
+    let status = server.wait_exit(Duration::from_secs(40)).await;
     assert!(
         status.is_some_and(|s| s.success()),
         "exit status {status:?}"

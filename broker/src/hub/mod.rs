@@ -45,6 +45,10 @@ pub(crate) struct Push {
     pub(crate) position: Option<Position>,
     /// The complete JSON push, shared, never copied per subscriber.
     pub(crate) frame: Utf8Bytes,
+    /// The SSE transport's signed `position`, made by the first stream that
+    /// sends this push and reused by every other one (same channel, same
+    /// position, one key per installation).
+    pub(crate) signed_position: OnceLock<Arc<str>>,
 }
 
 /// A live subscription and, when recovery was asked for, what was missed.
@@ -1214,6 +1218,7 @@ impl Push {
                 publication.offset,
                 data,
             )),
+            signed_position: OnceLock::new(),
         }
     }
 }

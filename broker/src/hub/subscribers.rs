@@ -3,7 +3,7 @@
 //! and, where the plugin turned presence on, which users are here.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use serde_json::json;
@@ -169,6 +169,7 @@ fn presence_push(
         kind,
         position: None,
         frame: frame.to_string().into(),
+        signed_position: OnceLock::new(),
     })
 }
 
@@ -180,6 +181,7 @@ pub(super) fn unsubscribed_push(channel: &ChannelName, reason: &str) -> Arc<Push
         kind: "unsubscribed",
         position: None,
         frame: frame.to_string().into(),
+        signed_position: OnceLock::new(),
     })
 }
 

@@ -242,7 +242,7 @@ impl Session {
             // The `connected` reply waits for the client id, given at registration.
             let reply = self.connected_reply(id, &registration);
             let sent = stops.race(self.send_text(reply)).await;
-            if !self.carry_on(sent, &registration).await {
+            if !self.carry_on(sent, &registration, &mut queue).await {
                 return;
             }
         }
@@ -252,12 +252,12 @@ impl Session {
             let sent = tokio::select! {
                 biased;
                 stop = stops.next() => {
-                    self.stop(stop, &registration).await;
+                    self.stop(stop, &registration, &mut queue).await;
                     return;
                 }
                 _ = ping.tick() => {
                     if stops.last_heard.elapsed() > pong_timeout {
-                        self.stop(Stop::NoPong, &registration).await;
+                        self.stop(Stop::NoPong, &registration, &mut queue).await;
                         return;
                     }
                     stops.race(self.send(Message::Ping(Default::default()))).await
@@ -272,6 +272,15 @@ impl Session {
                         }
                     };
                     stops.last_heard = Instant::now();
+                    if matches!(frame, Message::Text(_) | Message::Binary(_)) {
+                        // What was queued before a command goes out before its
+                        // reply, so a client's `ping` is a barrier: every push
+                        // caused by something answered earlier arrives first.
+                        let sent = stops.race(self.write_queued(&mut queue)).await;
+                        if !self.carry_on(sent, &registration, &mut queue).await {
+                            return;
+                        }
+                    }
                     let reply = match frame {
                         Message::Text(text) => match Command::parse(&text) {
                             Ok(command) => self.handle(command, &registration, &mut connect_answered).await,
@@ -292,7 +301,7 @@ impl Session {
                     stops.race(self.write_pushes(push, &mut queue)).await
                 }
             };
-            if !self.carry_on(sent, &registration).await {
+            if !self.carry_on(sent, &registration, &mut queue).await {
                 return;
             }
         }
@@ -304,6 +313,7 @@ impl Session {
         &mut self,
         sent: Result<Result<(), WriteError>, Stop>,
         registration: &Registration,
+        queue: &mut Queue,
     ) -> bool {
         match sent {
             Ok(Ok(())) => true,
@@ -326,15 +336,17 @@ impl Session {
                 false
             }
             Err(stop) => {
-                self.stop(stop, registration).await;
+                self.stop(stop, registration, queue).await;
                 false
             }
         }
     }
 
     /// Ends the session for `stop`: the `disconnect` push and the close
-    /// frame, nothing else, within [`CLOSE_GRACE`].
-    async fn stop(&mut self, stop: Stop, registration: &Registration) {
+    /// frame within [`CLOSE_GRACE`]. At shutdown the pushes already queued
+    /// go first (messages PHP was told were accepted), within the shutdown
+    /// bound; after any other stop nothing more is written.
+    async fn stop(&mut self, stop: Stop, registration: &Registration, queue: &mut Queue) {
         let (code, reason) = match stop {
             Stop::Cut(CutOff::SlowConsumer) => {
                 (close_code::SLOW_CONSUMER, CutOff::SlowConsumer.reason())
@@ -346,10 +358,38 @@ impl Session {
             Stop::Expired => (close_code::TOKEN_EXPIRED, "token expired"),
             Stop::NoPong => (close_code::NO_PONG, "no pong: peer stopped answering"),
         };
-        if !matches!(stop, Stop::Shutdown) {
+        if matches!(stop, Stop::Shutdown) {
+            let budget = Duration::from_secs(self.app.config.shutdown_timeout_seconds)
+                .saturating_sub(2 * CLOSE_GRACE);
+            if tokio::time::timeout(budget, self.write_queued(queue))
+                .await
+                .is_err()
+            {
+                tracing::info!(
+                    connection = registration.id(),
+                    "shutdown: queued pushes not written within {budget:?}"
+                );
+            }
+        } else {
             tracing::info!(connection = registration.id(), "closing: {reason}");
         }
         self.close(code, reason).await;
+    }
+
+    /// Writes what is queued now: at most a full queue's worth, so that a
+    /// steady stream of new pushes cannot hold the session here.
+    async fn write_queued(&mut self, queue: &mut Queue) -> Result<(), WriteError> {
+        let rounds = self
+            .app
+            .config
+            .limits
+            .queue_capacity
+            .div_ceil(MAX_PUSHES_PER_FLUSH);
+        for _ in 0..rounds {
+            let Some(push) = queue.try_recv() else { break };
+            self.write_pushes(push, queue).await?;
+        }
+        Ok(())
     }
 
     /// Waits for a valid token (URL or `connect`) or anonymous access,
