@@ -88,6 +88,7 @@ pub(crate) async fn upgrade(
                 replay: Vec::new(),
                 expires: None,
                 buckets: ConnectionBuckets::default(),
+                unfed: None,
             };
             session.run(params.token).await;
         })
@@ -111,6 +112,10 @@ struct Session {
     expires: Option<Instant>,
     /// Rate limits of this connection (`[rate_limits]`), checked per command.
     buckets: ConnectionBuckets,
+    /// A push frame whose write a stop interrupted before the socket took
+    /// it (the push is already out of the queue); the drain at shutdown
+    /// writes it first.
+    unfed: Option<Message>,
 }
 
 /// What ends a session from outside its socket, whether or not a write is
@@ -379,6 +384,9 @@ impl Session {
     /// Writes what is queued now: at most a full queue's worth, so that a
     /// steady stream of new pushes cannot hold the session here.
     async fn write_queued(&mut self, queue: &mut Queue) -> Result<(), WriteError> {
+        if let Some(unfed) = self.unfed.take() {
+            self.send(unfed).await?;
+        }
         let rounds = self
             .app
             .config
@@ -692,19 +700,20 @@ impl Session {
                 let Some(next) = queue.try_recv() else { break };
                 drained += 1;
                 if frame.len() + 1 + next.frame.len() > MAX_BATCH_FRAME_BYTES {
-                    self.feed(Message::Text(Utf8Bytes::from(std::mem::take(&mut frame))))
+                    self.feed_push(Message::Text(Utf8Bytes::from(std::mem::take(&mut frame))))
                         .await?;
                 } else {
                     frame.push('\n');
                 }
                 frame.push_str(next.frame.as_str());
             }
-            self.feed(Message::Text(Utf8Bytes::from(frame))).await?;
+            self.feed_push(Message::Text(Utf8Bytes::from(frame)))
+                .await?;
         } else {
-            self.feed(Message::Text(first.frame.clone())).await?;
+            self.feed_push(Message::Text(first.frame.clone())).await?;
             for _ in 1..MAX_PUSHES_PER_FLUSH {
                 let Some(next) = queue.try_recv() else { break };
-                self.feed(Message::Text(next.frame.clone())).await?;
+                self.feed_push(Message::Text(next.frame.clone())).await?;
             }
         }
         self.flush().await
@@ -730,6 +739,15 @@ impl Session {
     async fn send(&mut self, message: Message) -> Result<(), WriteError> {
         self.feed(message).await?;
         self.flush().await
+    }
+
+    /// [`Self::feed`] for a push: until the socket has taken the frame it is
+    /// kept in `unfed`, so that the drain at shutdown can still write it.
+    async fn feed_push(&mut self, message: Message) -> Result<(), WriteError> {
+        self.unfed = Some(message.clone());
+        self.feed(message).await?;
+        self.unfed = None;
+        Ok(())
     }
 
     /// Hands one frame to the socket. Each frame (and each flush) must make
