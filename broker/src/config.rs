@@ -134,6 +134,12 @@ pub struct PluginsConfig {
     pub watch: bool,
     /// Largest `.wasm` accepted by `PUT /admin/plugins/{name}` (HTTP 413 above).
     pub max_upload_bytes: u64,
+    /// Plugin instances the process can hold at once, all plugins together
+    /// (each reserves one memory slot of address space); read at start-up.
+    pub instance_slots: u32,
+    /// Idle instances kept per plugin for the next call; 0 makes every call
+    /// instantiate afresh.
+    pub pool_size: usize,
 }
 
 /// `[http]`: what a TCP connection to a listener may cost before it is an HTTP request.
@@ -304,6 +310,10 @@ impl Default for PluginsConfig {
             max_output_bytes: 2 * 1024 * 1024,
             watch: true,
             max_upload_bytes: 32 * 1024 * 1024,
+            instance_slots: 200,
+            // Enough for every worker thread to find one; more would only hold memory.
+            pool_size: (std::thread::available_parallelism().map_or(2, usize::from) * 2)
+                .clamp(4, 16),
         }
     }
 }
@@ -713,7 +723,7 @@ impl Config {
         if self.plugins.dir.as_os_str().is_empty() {
             return Err(Problem::new(&[("plugins", "dir")], "must not be empty"));
         }
-        let must_be_positive: [((&str, &str), u64); 18] = [
+        let must_be_positive: [((&str, &str), u64); 19] = [
             (
                 ("", "shutdown_timeout_seconds"),
                 self.shutdown_timeout_seconds,
@@ -731,6 +741,10 @@ impl Config {
                 self.limits.max_connections_per_user as u64,
             ),
             (("plugins", "call_timeout_ms"), self.plugins.call_timeout_ms),
+            (
+                ("plugins", "instance_slots"),
+                u64::from(self.plugins.instance_slots),
+            ),
             (
                 ("plugins", "memory_limit_bytes"),
                 self.plugins.memory_limit_bytes,

@@ -95,6 +95,8 @@ pub async fn run(
         memory_limit_bytes: usize::try_from(config.plugins.memory_limit_bytes)
             .unwrap_or(usize::MAX),
         max_output_bytes: usize::try_from(config.plugins.max_output_bytes).unwrap_or(usize::MAX),
+        pool_size: config.plugins.pool_size,
+        instance_slots: config.plugins.instance_slots,
     };
     let dir = config.plugins.dir.clone();
     // Compiling components is CPU-heavy and blocking: keep it off the reactor.

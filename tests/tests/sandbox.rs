@@ -15,6 +15,7 @@
 //! | `panicky` | `on-publish` panics | the trap |
 //! | `flood` | `on-publish` answers ~3 MiB | the output cap (2 MiB) |
 //! | `liar` | `filter` answers data that is not JSON | the answer check: delivery skipped |
+//! | `slowfilter` | `filter` takes as long as each message asks | one deadline per history or recovery reply |
 
 use std::future::Future;
 use std::path::Path;
@@ -33,6 +34,75 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ----- the cases -----------------------------------------------------------------------
+
+/// What one client command may make a plugin compute is one call's deadline, however much
+/// history there is: 20 messages that each take `slowfilter` 20 ms to filter (well within
+/// the 100 ms deadline, so each is delivered live) make a history reply of 400 ms, which the
+/// broker cuts at the deadline: `history` is refused with `internal` and a recovery over them
+/// says `recovered: false` instead of replaying an unvetted list. A short history still works.
+#[tokio::test]
+async fn a_history_reply_costs_the_plugin_one_deadline_not_one_per_message() {
+    const SLOW: &str = "slow:long";
+    const MESSAGES: u64 = 20;
+    let dir = PluginDir::with(&["public", "slowfilter"]);
+    let server = Server::builder()
+        .plugins_dir(dir.path())
+        .env("STELLWERK_ADMIN_TOKEN", ADMIN_TOKEN)
+        .start()
+        .await;
+    let (mut live, subscribed) = server.subscriber("live", SLOW).await;
+    for i in 0..MESSAGES {
+        server
+            .publish_ok(SLOW, &json!({"i": i, "spin_ms": 20}))
+            .await;
+    }
+    for i in 0..MESSAGES {
+        let push = within("a live message", live.recv_json()).await;
+        assert_eq!(push["data"]["i"], i, "{push}");
+    }
+
+    let mut reader = connect(&server, "reader").await;
+    let started = Instant::now();
+    let reply = reader
+        .request(json!({"type": "history", "channel": SLOW}))
+        .await;
+    assert_ws_error(&reply, "internal");
+    println!("history refused after {:?}", started.elapsed());
+    let reply = reader
+        .request(json!({
+            "type": "subscribe",
+            "channel": SLOW,
+            "recover": {"epoch": subscribed["epoch"], "offset": subscribed["offset"]},
+        }))
+        .await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_fault_logged(&server, "slowfilter", "filter", "time limit").await;
+
+    // A short history is filtered and answered as usual.
+    server
+        .publish_ok("slow:short", &json!({"spin_ms": 5}))
+        .await;
+    server
+        .publish_ok("slow:short", &json!({"spin_ms": 5}))
+        .await;
+    let reply = reader
+        .request(json!({"type": "history", "channel": "slow:short"}))
+        .await;
+    assert_eq!(reply["type"], "history", "{reply}");
+    assert_eq!(
+        reply["messages"].as_array().map(Vec::len),
+        Some(2),
+        "{reply}"
+    );
+
+    let metrics = scrape_metrics(&server).await;
+    assert_eq!(
+        sample(&metrics, &series("faults", "slowfilter", "filter")),
+        2,
+        "the history and the recovery: {metrics}"
+    );
+}
 
 #[tokio::test]
 async fn spin_is_stopped_by_the_cpu_deadline_and_the_broker_carries_on() {

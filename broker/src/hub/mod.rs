@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use arc_swap::ArcSwapOption;
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::auth::Identity;
 use crate::channel::ChannelName;
@@ -313,6 +313,8 @@ struct Inner {
     published: AtomicU64,
     deliveries: AtomicU64,
     cut_offs: AtomicU64,
+    /// History and recovery `filter` batches that may run at once.
+    filter_lanes: Arc<Semaphore>,
 }
 
 /// Counters of the hub, for `/metrics`.
@@ -394,6 +396,9 @@ impl Hub {
                 published: AtomicU64::new(0),
                 deliveries: AtomicU64::new(0),
                 cut_offs: AtomicU64::new(0),
+                filter_lanes: Arc::new(Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, usize::from),
+                )),
             }
         });
         Hub { inner }
@@ -628,22 +633,35 @@ impl Hub {
                 .recheck(in_force.as_ref(), channel, connection, &mut outcome);
         }
         let epoch = attached.position.epoch.clone();
-        let missed = attached.missed.map(|missed| {
-            for_audience(&governor, channel, missed, &audience)
-                .into_iter()
-                .map(|stored| {
-                    Arc::new(Push::new(
-                        &Publication {
-                            channel: channel.clone(),
-                            epoch: epoch.clone(),
-                            offset: stored.offset,
-                            data: stored.data.clone(),
-                        },
-                        &stored.data,
-                    ))
-                })
-                .collect()
-        });
+        let missed = match attached.missed {
+            // A plugin that fails on the missed messages leaves a gap the
+            // client must know of: not recovered, so it reloads its state.
+            Some(missed) => for_audience(
+                &self.inner.filter_lanes,
+                &governor,
+                channel,
+                missed,
+                &audience,
+            )
+            .await
+            .map(|missed| {
+                missed
+                    .into_iter()
+                    .map(|stored| {
+                        Arc::new(Push::new(
+                            &Publication {
+                                channel: channel.clone(),
+                                epoch: epoch.clone(),
+                                offset: stored.offset,
+                                data: stored.data.clone(),
+                            },
+                            &stored.data,
+                        ))
+                    })
+                    .collect()
+            }),
+            None => None,
+        };
         Ok(Subscribed {
             position: attached.position,
             missed,
@@ -665,7 +683,16 @@ impl Hub {
         let governor = self.governor(channel)?;
         let (audience, _) = authorize(&governor, channel, connection.identity().as_deref())?;
         let mut history = self.read_history(&governor, channel, limit, since).await?;
-        history.messages = for_audience(&governor, channel, history.messages, &audience);
+        let messages = std::mem::take(&mut history.messages);
+        history.messages = for_audience(
+            &self.inner.filter_lanes,
+            &governor,
+            channel,
+            messages,
+            &audience,
+        )
+        .await
+        .ok_or_else(|| plugin_fault(&governor))?;
         Ok(history)
     }
 
@@ -919,34 +946,42 @@ fn authorize(
 
 /// Kept messages as one audience receives them live: through the plugin's
 /// `filter` when it has one (skipped ones left out, replaced ones replaced).
-fn for_audience(
+/// The plugin sees them in one batch on the blocking pool, at most one batch
+/// per core at once (`lanes`), under one call's deadline: a history or
+/// recovery reply cannot stall a tokio worker, and costs at most one call's
+/// CPU however many messages it holds. `None` if the plugin failed.
+async fn for_audience(
+    lanes: &Arc<Semaphore>,
     governor: &Governor,
     channel: &ChannelName,
     messages: Vec<Stored>,
     audience: &str,
-) -> Vec<Stored> {
-    if !governor.filters() {
-        return messages;
+) -> Option<Vec<Stored>> {
+    if !governor.filters() || messages.is_empty() {
+        return Some(messages);
     }
-    let audiences = [audience.to_string()];
-    messages
-        .into_iter()
-        .filter_map(|stored| {
-            let delivery = governor
-                .filter(channel, &stored.data, &audiences)
+    let _lane = lanes.acquire().await.ok()?;
+    let (governor, channel, audience) = (governor.clone(), channel.clone(), audience.to_owned());
+    let filtered = tokio::task::spawn_blocking(move || {
+        let data: Vec<&str> = messages.iter().map(|m| &*m.data).collect();
+        let deliveries = governor.filter_each(&channel, &data, &audience)?;
+        Some(
+            messages
                 .into_iter()
-                .next()
-                .unwrap_or(Delivery::Skip);
-            match delivery {
-                Delivery::Skip => None,
-                Delivery::Original => Some(stored),
-                Delivery::Replace(data) => Some(Stored {
-                    offset: stored.offset,
-                    data: Arc::from(single_line(&data)),
-                }),
-            }
-        })
-        .collect()
+                .zip(deliveries)
+                .filter_map(|(stored, delivery)| match delivery {
+                    Delivery::Skip => None,
+                    Delivery::Original => Some(stored),
+                    Delivery::Replace(data) => Some(Stored {
+                        offset: stored.offset,
+                        data: Arc::from(single_line(&data)),
+                    }),
+                })
+                .collect(),
+        )
+    })
+    .await;
+    filtered.ok().flatten()
 }
 
 fn plugin_fault(governor: &Governor) -> Refusal {

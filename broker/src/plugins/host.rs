@@ -43,9 +43,6 @@ use bindings::{ChannelPlugin, ChannelPluginPre};
 
 /// How often the epoch advances; the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// Component instances the engine can hold at once, all plugins together
-/// (a handful of plugins × a few pooled instances, twice over during a reload).
-const INSTANCE_SLOTS: u32 = 200;
 /// Core instances, memories and tables per component: a Rust component has its
 /// main module plus a few small shim modules.
 const CORE_INSTANCES_PER_SLOT: u32 = 4;
@@ -67,23 +64,26 @@ pub(super) struct Runtime {
 const COMPILE_CACHE_SPARE: usize = 16;
 
 impl Runtime {
-    /// The one runtime of this process, created on first use.
-    pub(super) fn shared() -> Result<&'static Runtime, PluginError> {
+    /// The one runtime of this process, created on first use with room for
+    /// `instance_slots` instances (`plugins.instance_slots`: a handful of
+    /// plugins × their pools, twice over during a reload).
+    pub(super) fn shared(instance_slots: u32) -> Result<&'static Runtime, PluginError> {
         static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
         RUNTIME
-            .get_or_init(|| Runtime::new().map_err(|e| format!("{e:#}")))
+            .get_or_init(|| Runtime::new(instance_slots).map_err(|e| format!("{e:#}")))
             .as_ref()
             .map_err(|reason| PluginError::Engine {
                 reason: reason.clone(),
             })
     }
 
-    fn new() -> wasmtime::Result<Self> {
+    fn new(instance_slots: u32) -> wasmtime::Result<Self> {
+        let slots = instance_slots.max(1);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(INSTANCE_SLOTS)
-            .total_core_instances(INSTANCE_SLOTS * CORE_INSTANCES_PER_SLOT)
-            .total_memories(INSTANCE_SLOTS)
-            .total_tables(INSTANCE_SLOTS * CORE_INSTANCES_PER_SLOT)
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
+            .total_memories(slots)
+            .total_tables(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
             .max_memory_size(super::MAX_MEMORY_LIMIT_BYTES);
 
         let mut config = Config::new();
@@ -434,7 +434,7 @@ impl Plugin {
             limits: *limits,
             deadline_ticks,
             idle: Mutex::new(Vec::new()),
-            max_idle: max_idle_instances(),
+            max_idle: limits.pool_size,
             counters: Counters::default(),
         };
         plugin.counters.instances_created.store(1, Relaxed);
@@ -645,6 +645,66 @@ impl Plugin {
         }
     }
 
+    /// `filter` for each of `messages` and the one `audience`, all on one
+    /// instance under one deadline: a history or recovery reply costs at most
+    /// one call's CPU (`call_timeout`), however many messages it holds.
+    /// `None` if the plugin faulted (counted and logged): then nothing of the
+    /// batch may be shown.
+    pub(super) fn filter_each(
+        &self,
+        channel: &str,
+        messages: &[&str],
+        audience: &str,
+    ) -> Option<Vec<Delivery>> {
+        if !self.filters {
+            return Some(vec![Delivery::Original; messages.len()]);
+        }
+        let audiences = [audience];
+        let max = self.limits.max_output_bytes;
+        let deliveries = self.call(
+            Hook::Filter,
+            |exports, store| {
+                messages
+                    .iter()
+                    .map(|data_json| {
+                        let request = wit::FilterRequest {
+                            channel,
+                            data_json,
+                            audiences: &audiences,
+                        };
+                        exports.call_filter(&mut *store, request)
+                    })
+                    .collect::<wasmtime::Result<Vec<_>>>()
+            },
+            |answers| {
+                answers
+                    .into_iter()
+                    .map(|deliveries| {
+                        let [delivery] =
+                            <[wit::Delivery; 1]>::try_from(deliveries).map_err(|d| {
+                                format!("answered {} deliveries for 1 audience", d.len())
+                            })?;
+                        match delivery {
+                            wit::Delivery::Skip => Ok(Delivery::Skip),
+                            wit::Delivery::Original => Ok(Delivery::Original),
+                            wit::Delivery::Replace(text) => {
+                                check_size(text.len(), max)?;
+                                check_json(&text, "replacement data")?;
+                                Ok(Delivery::Replace(text))
+                            }
+                        }
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            },
+        )?;
+        let skipped = deliveries.iter().filter(|d| **d == Delivery::Skip).count();
+        self.counters
+            .filter
+            .denials
+            .fetch_add(skipped as u64, Relaxed);
+        Some(deliveries)
+    }
+
     /// Runs one hook on a pooled instance. `None` means the plugin faulted;
     /// that is already counted and logged, and the instance is gone.
     fn call<T, V>(
@@ -745,13 +805,6 @@ fn instantiate(
     store.set_epoch_deadline(deadline_ticks);
     let exports = pre.instantiate(&mut store)?;
     Ok(Instance { store, exports })
-}
-
-/// Pooled idle instances per plugin: enough for every worker thread to find
-/// one; more would only hold memory.
-fn max_idle_instances() -> usize {
-    let cores = std::thread::available_parallelism().map_or(2, usize::from);
-    (cores * 2).clamp(4, 16)
 }
 
 /// Epoch ticks for `timeout`: the tick in progress may be nearly over, so one

@@ -52,6 +52,11 @@ pub(crate) struct PluginLimits {
     pub(crate) memory_limit_bytes: usize,
     /// Total size of the strings one hook call may answer with.
     pub(crate) max_output_bytes: usize,
+    /// Idle instances kept per plugin.
+    pub(crate) pool_size: usize,
+    /// Instances the process can hold, all plugins together; the first
+    /// load fixes it for the life of the process.
+    pub(crate) instance_slots: u32,
 }
 
 /// Largest `memory_limit_bytes` that takes effect: the engine reserves this
@@ -64,6 +69,8 @@ impl Default for PluginLimits {
             call_timeout: Duration::from_millis(100),
             memory_limit_bytes: 64 << 20,
             max_output_bytes: 2 << 20,
+            pool_size: 4,
+            instance_slots: 200,
         }
     }
 }

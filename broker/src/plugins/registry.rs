@@ -73,7 +73,7 @@ impl Registry {
                 super::MAX_MEMORY_LIMIT_BYTES
             );
         }
-        let runtime = Runtime::shared()?;
+        let runtime = Runtime::shared(limits.instance_slots)?;
         let mut plugins = Vec::with_capacity(files.len());
         for file in &files {
             let plugin = Plugin::load(runtime, file, &limits)?;
@@ -282,6 +282,19 @@ impl Governor {
         audiences: &[String],
     ) -> Vec<Delivery> {
         self.plugin.filter(channel.as_str(), data_json, audiences)
+    }
+
+    /// One delivery per message for one audience, on one plugin instance
+    /// under one call's deadline (history and recovery replies). `None` if the
+    /// plugin failed: nothing of the batch may be shown (fail closed).
+    pub(crate) fn filter_each(
+        &self,
+        channel: &ChannelName,
+        messages: &[&str],
+        audience: &str,
+    ) -> Option<Vec<Delivery>> {
+        self.plugin
+            .filter_each(channel.as_str(), messages, audience)
     }
 
     /// The governing plugin's counters (`/metrics` reads them via `Registry::list`).

@@ -261,7 +261,8 @@ impl Reloader {
         let checked = Arc::clone(&bytes);
         let plugin = blocking(move || {
             let source = PluginSource::from_bytes(&target, checked.to_vec())?;
-            let plugin = Plugin::from_source(Runtime::shared()?, source, &limits)?;
+            let plugin =
+                Plugin::from_source(Runtime::shared(limits.instance_slots)?, source, &limits)?;
             Ok::<_, PluginError>(plugin)
         })
         .await
@@ -373,7 +374,7 @@ impl Reloader {
 
         let limits = self.inner.limits;
         let plugin = match blocking(move || {
-            Plugin::from_source(Runtime::shared()?, source, &limits)
+            Plugin::from_source(Runtime::shared(limits.instance_slots)?, source, &limits)
         })
         .await
         {
