@@ -16,14 +16,20 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::nats;
 use crate::payload;
 use crate::servers::{self, Server, ServerSetup};
+use crate::sse::{self, SseStream};
 use crate::stellwerk;
 use crate::wsclient::Ws;
 
-/// Which broker a run measures.
+/// Which broker a run measures, and for Stellwerk over which transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
 pub(crate) enum Broker {
+    /// Stellwerk, subscribers on WebSockets.
+    #[serde(rename = "stellwerk")]
     Stellwerk,
+    /// Stellwerk, subscribers on Server-Sent Events (one stream per subscriber).
+    #[serde(rename = "stellwerk-sse")]
+    StellwerkSse,
+    #[serde(rename = "nats")]
     Nats,
 }
 
@@ -31,6 +37,7 @@ impl Broker {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Broker::Stellwerk => "stellwerk",
+            Broker::StellwerkSse => "stellwerk-sse",
             Broker::Nats => "nats",
         }
     }
@@ -43,7 +50,9 @@ impl Broker {
         queue_capacity: usize,
     ) -> Result<Server> {
         match self {
-            Broker::Stellwerk => servers::start_stellwerk(setup, label, queue_capacity).await,
+            Broker::Stellwerk | Broker::StellwerkSse => {
+                servers::start_stellwerk(setup, label, queue_capacity).await
+            }
             Broker::Nats => servers::start_nats(setup, label).await,
         }
     }
@@ -63,23 +72,29 @@ impl Broker {
             read_buffer,
             claims,
         } = *sub;
+        let token = || {
+            stellwerk::token(
+                servers::JWT_SECRET,
+                &format!("bench-user-{index}"),
+                claims.for_subscriber(index).as_ref(),
+            )
+        };
         match self {
             Broker::Stellwerk => {
-                let token = stellwerk::token(
-                    servers::JWT_SECRET,
-                    &format!("bench-user-{index}"),
-                    claims.for_subscriber(index).as_ref(),
-                )?;
-                let ws = stellwerk::subscriber(addr, &token, channel, batch, read_buffer).await?;
-                Ok(Connection {
+                let ws =
+                    stellwerk::subscriber(addr, &token()?, channel, batch, read_buffer).await?;
+                Ok(Connection::Ws {
                     ws,
                     decoder: Decoder::Stellwerk,
                 })
             }
+            Broker::StellwerkSse => Ok(Connection::Sse(
+                sse::subscriber(addr, &token()?, channel, read_buffer).await?,
+            )),
             Broker::Nats => {
                 let (ws, parser) =
                     nats::subscriber(addr, &nats_subject(channel), read_buffer).await?;
-                Ok(Connection {
+                Ok(Connection::Ws {
                     ws,
                     decoder: Decoder::Nats(parser),
                 })
@@ -95,7 +110,7 @@ impl Broker {
         http_concurrency: usize,
     ) -> Result<Publisher> {
         Ok(match self {
-            Broker::Stellwerk => Publisher::Http {
+            Broker::Stellwerk | Broker::StellwerkSse => Publisher::Http {
                 publisher: stellwerk::Publisher::new(
                     addr,
                     servers::API_KEY,
@@ -153,15 +168,15 @@ fn nats_subject(channel: &str) -> String {
     channel.replace(':', ".")
 }
 
-enum Decoder {
+pub(crate) enum Decoder {
     Stellwerk,
     Nats(nats::Parser),
 }
 
-/// A subscribed WebSocket connection.
-pub(crate) struct Connection {
-    ws: Ws,
-    decoder: Decoder,
+/// A subscribed connection.
+pub(crate) enum Connection {
+    Ws { ws: Ws, decoder: Decoder },
+    Sse(SseStream),
 }
 
 /// Publishes benchmark messages, one per request (HTTP) or frame (NATS).
@@ -320,13 +335,16 @@ pub(crate) async fn read_until_stopped(
     delivered: Arc<AtomicU64>,
     expected: usize,
 ) -> Tally {
-    let Connection {
-        mut ws,
-        mut decoder,
-    } = conn;
     let mut tally = Tally {
         latencies_us: Vec::with_capacity(expected),
         ..Tally::default()
+    };
+    let (mut ws, mut decoder) = match conn {
+        Connection::Ws { ws, decoder } => (ws, decoder),
+        Connection::Sse(stream) => {
+            read_sse_until_stopped(stream, stop, &delivered, &mut tally).await;
+            return tally;
+        }
     };
     loop {
         let frame = tokio::select! {
@@ -382,6 +400,48 @@ pub(crate) async fn read_until_stopped(
         }
     }
     tally
+}
+
+/// [`read_until_stopped`] for an SSE stream: every `message` event is one delivery.
+async fn read_sse_until_stopped(
+    mut stream: SseStream,
+    mut stop: watch::Receiver<bool>,
+    delivered: &AtomicU64,
+    tally: &mut Tally,
+) {
+    loop {
+        let before = tally.received;
+        let mut now = 0;
+        let read = tokio::select! {
+            _ = stop.changed() => break,
+            read = stream.next_events(|name, data| {
+                if name != "message" {
+                    return;
+                }
+                now = payload::now_nanos();
+                if let Some(ts) = payload::timestamp(data) {
+                    tally.received += 1;
+                    let us = now.saturating_sub(ts) / 1000;
+                    tally.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                }
+            }) => read,
+        };
+        if tally.received > before {
+            tally.last_ns = now;
+            delivered.fetch_add(tally.received - before, Ordering::Relaxed);
+        }
+        match read {
+            Ok(true) => {}
+            Ok(false) => {
+                tally.ended = Some("stream ended".into());
+                break;
+            }
+            Err(e) => {
+                tally.ended = Some(format!("error: {e}"));
+                break;
+            }
+        }
+    }
 }
 
 /// Outcome of opening many subscribers.

@@ -21,6 +21,7 @@ mod procfs;
 mod reconnect;
 mod reload;
 mod servers;
+mod sse;
 mod stellwerk;
 mod wsclient;
 
@@ -270,9 +271,15 @@ struct IdleArgs {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Which {
+    /// Stellwerk, subscribers on WebSockets.
     Stellwerk,
     Nats,
+    /// Stellwerk (WebSockets) and NATS.
     Both,
+    /// Stellwerk, subscribers on Server-Sent Events.
+    Sse,
+    /// Stellwerk over WebSockets and over SSE, for `fanout` and `idle`.
+    WsAndSse,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -301,6 +308,8 @@ impl Which {
             Which::Stellwerk => vec![Broker::Stellwerk],
             Which::Nats => vec![Broker::Nats],
             Which::Both => vec![Broker::Stellwerk, Broker::Nats],
+            Which::Sse => vec![Broker::StellwerkSse],
+            Which::WsAndSse => vec![Broker::Stellwerk, Broker::StellwerkSse],
         }
     }
 }
@@ -445,8 +454,9 @@ async fn run_fanout(
     let mut failures = Vec::new();
     for &rate in &rates {
         for &broker in brokers {
-            // nats has no batching switch: it always packs what is queued into one frame.
-            let variants = if broker == Broker::Nats {
+            // nats has no batching switch: it always packs what is queued into one frame;
+            // SSE has none either (one event per push).
+            let variants = if broker != Broker::Stellwerk {
                 &[false][..]
             } else {
                 &batches[..]
@@ -579,17 +589,28 @@ fn fanout_ratios(outcomes: &[fanout::Outcome]) -> serde_json::Value {
                 nats.pace(),
                 if sw.batch { "on" } else { "off" }
             );
-            ratios.insert(
-                key,
-                json!({
-                    "deliveries_per_cpu_s": fanout::ratio(sw.deliveries_per_cpu_s, nats.deliveries_per_cpu_s),
-                    "deliveries_per_s": fanout::ratio(sw.deliveries_per_s, nats.deliveries_per_s),
-                    "p99_latency": fanout::ratio(sw.latency.p99_ms, nats.latency.p99_ms),
-                }),
-            );
+            ratios.insert(key, fanout_ratio(sw, nats));
+        }
+    }
+    // SSE against WebSockets, both Stellwerk, unbatched (SSE has no batching).
+    for sse in outcomes.iter().filter(|o| o.target == Broker::StellwerkSse) {
+        for ws in outcomes
+            .iter()
+            .filter(|o| o.target == Broker::Stellwerk && o.rate == sse.rate && !o.batch)
+        {
+            ratios.insert(format!("sse/ws {}", sse.pace()), fanout_ratio(sse, ws));
         }
     }
     serde_json::Value::Object(ratios)
+}
+
+/// `a` / `b` of the figures that decide.
+fn fanout_ratio(a: &fanout::Outcome, b: &fanout::Outcome) -> serde_json::Value {
+    json!({
+        "deliveries_per_cpu_s": fanout::ratio(a.deliveries_per_cpu_s, b.deliveries_per_cpu_s),
+        "deliveries_per_s": fanout::ratio(a.deliveries_per_s, b.deliveries_per_s),
+        "p99_latency": fanout::ratio(a.latency.p99_ms, b.latency.p99_ms),
+    })
 }
 
 fn print_ratios(ratios: &serde_json::Value) {
@@ -597,7 +618,10 @@ fn print_ratios(ratios: &serde_json::Value) {
         return;
     };
     println!();
-    println!("Stellwerk / NATS (same run; >1 means Stellwerk is higher):");
+    println!(
+        "Ratios of this run (Stellwerk / NATS by pace and batching, `sse/ws`: Stellwerk's SSE \
+         / its WebSockets; >1 means the first is higher):"
+    );
     for (key, value) in map {
         let fields: Vec<String> = value
             .as_object()
@@ -698,6 +722,12 @@ async fn run_idle(
         }
         _ => None,
     };
+    if let (Some(sse), Some(ws)) = (find(Broker::StellwerkSse), find(Broker::Stellwerk)) {
+        println!(
+            "SSE / WebSocket KiB per idle connection: {:.2}",
+            fanout::ratio(sse.kib_per_connection, ws.kib_per_connection)
+        );
+    }
     json!({
         "scenario": "idle",
         "params": {"connections": a.connections, "channel": c.channel, "settle_s": a.settle, "timeout_s": c.timeout},
