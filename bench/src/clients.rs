@@ -84,7 +84,7 @@ impl Broker {
                 let ws =
                     stellwerk::subscriber(addr, &token()?, channel, batch, read_buffer).await?;
                 Ok(Connection::Ws {
-                    ws,
+                    ws: Box::new(ws),
                     decoder: Decoder::Stellwerk,
                 })
             }
@@ -95,7 +95,7 @@ impl Broker {
                 let (ws, parser) =
                     nats::subscriber(addr, &nats_subject(channel), read_buffer).await?;
                 Ok(Connection::Ws {
-                    ws,
+                    ws: Box::new(ws),
                     decoder: Decoder::Nats(parser),
                 })
             }
@@ -175,7 +175,11 @@ pub(crate) enum Decoder {
 
 /// A subscribed connection.
 pub(crate) enum Connection {
-    Ws { ws: Ws, decoder: Decoder },
+    /// Boxed: a WebSocket is several times the size of an SSE stream.
+    Ws {
+        ws: Box<Ws>,
+        decoder: Decoder,
+    },
     Sse(SseStream),
 }
 
@@ -340,7 +344,7 @@ pub(crate) async fn read_until_stopped(
         ..Tally::default()
     };
     let (mut ws, mut decoder) = match conn {
-        Connection::Ws { ws, decoder } => (ws, decoder),
+        Connection::Ws { ws, decoder } => (*ws, decoder),
         Connection::Sse(stream) => {
             read_sse_until_stopped(stream, stop, &delivered, &mut tally).await;
             return tally;

@@ -1967,8 +1967,9 @@ kind = "memory"
 
     #[test]
     fn short_secrets_in_a_config_file_are_refused_with_the_command_that_makes_one() {
+        type Case = (&'static str, String, Vec<(&'static str, &'static str)>);
         let short = "too-short-secret";
-        let cases: [(&str, String, Vec<(&str, &str)>); 6] = [
+        let cases: [Case; 6] = [
             (
                 "api_key",
                 format!("api_key = \"{short}\"\n[jwt]\nsecret = \"{JWT_SECRET}\"\n"),
