@@ -21,12 +21,16 @@
 //! - `listener`: the accept loop: HTTP timeouts, write timeout, bounded shutdown.
 //! - `server`: wires it all together and runs until shutdown.
 //! - `request_log`: a debug line per HTTP request, credentials in the query redacted.
+//! - `fuzzing` (feature `fuzzing`, hidden): entry points for the fuzz targets in `fuzz/`.
 
 pub(crate) mod api;
 pub mod auth;
 pub(crate) mod channel;
 pub mod config;
 pub(crate) mod engine;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod hub;
 pub(crate) mod listener;
 pub(crate) mod metrics;

@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -206,10 +207,13 @@ impl Command {
             Some("unsubscribe") => CommandKind::Unsubscribe {
                 channel: channel(raw.channel)?,
             },
-            Some("publish") => CommandKind::Publish {
-                channel: channel(raw.channel)?,
-                data: raw.data.ok_or_else(|| refuse("`data` is missing"))?,
-            },
+            Some("publish") => {
+                let channel = channel(raw.channel)?;
+                let data = raw.data.ok_or_else(|| refuse("`data` is missing"))?;
+                check_json_text(data.get())
+                    .map_err(|e| refuse(&format!("`data` is not valid JSON: {e}")))?;
+                CommandKind::Publish { channel, data }
+            }
             Some("presence") => CommandKind::Presence {
                 channel: channel(raw.channel)?,
             },
@@ -221,6 +225,72 @@ impl Command {
             None => return Err(refuse("`type` is missing")),
         };
         Ok(Command { id, kind })
+    }
+}
+
+/// Checks that `text` is JSON as a strict parser reads it, before the broker stores or
+/// forwards it as message data.
+///
+/// serde_json's `RawValue` and `IgnoredAny` skip strings and numbers without decoding them,
+/// and so let through an unpaired surrogate escape (`"\ud800"`) and numbers beyond `f64`
+/// (`1e400`), which PHP's `json_decode`, serde_json's `Value` and others refuse: one such
+/// message would make every history reply that contains it unreadable for them.
+pub(crate) fn check_json_text(text: &str) -> Result<(), serde_json::Error> {
+    serde_json::from_str::<StrictJson>(text).map(drop)
+}
+
+/// Any JSON value, read through `deserialize_any` so that every string and number is decoded.
+struct StrictJson;
+
+impl<'de> Deserialize<'de> for StrictJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictJsonVisitor)
+    }
+}
+
+struct StrictJsonVisitor;
+
+impl<'de> Visitor<'de> for StrictJsonVisitor {
+    type Value = StrictJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+
+    fn visit_unit<E>(self) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StrictJson, A::Error> {
+        while seq.next_element::<StrictJson>()?.is_some() {}
+        Ok(StrictJson)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrictJson, A::Error> {
+        while map.next_key::<StrictJson>()?.is_some() {
+            map.next_value::<StrictJson>()?;
+        }
+        Ok(StrictJson)
     }
 }
 
@@ -361,6 +431,39 @@ mod tests {
         let e = Command::parse(r#"{"id":15,"type":"presence"}"#).unwrap_err();
         assert_eq!(e.id, Some(15));
         assert!(e.refusal.message.contains("channel"));
+    }
+
+    #[test]
+    fn publish_data_that_strict_parsers_refuse_is_refused() {
+        // Found by the ws_command fuzz target: serde_json's RawValue lets these through.
+        for data in [
+            r#""\udcf7""#,
+            r#"{"a":["\ud800x"]}"#,
+            r#"{"\udfff":1}"#,
+            "1e400",
+        ] {
+            let frame =
+                format!(r#"{{"id":3,"type":"publish","channel":"public:x","data":{data}}}"#);
+            let e = Command::parse(&frame).unwrap_err();
+            assert_eq!(e.id, Some(3), "{data}");
+            assert!(
+                e.refusal.message.contains("`data` is not valid JSON"),
+                "{data}"
+            );
+            assert!(check_json_text(data).is_err());
+        }
+        for data in [
+            r#""\ud83d\ude00 \u00e4""#,
+            "1e300",
+            r#"{"a":[1,-2.5,null,{}]}"#,
+        ] {
+            assert!(check_json_text(data).is_ok(), "{data}");
+            let frame =
+                format!(r#"{{"id":4,"type":"publish","channel":"public:x","data":{data}}}"#);
+            assert!(Command::parse(&frame).is_ok(), "{data}");
+        }
+        assert!(check_json_text("{\"a\":1} x").is_err());
+        assert!(check_json_text(&"[".repeat(200)).is_err());
     }
 
     #[test]

@@ -62,6 +62,16 @@ async fn malformed_requests_are_400_and_publish_nothing() {
             "one bad name among good ones",
             json!({"channels": ["public:news", "public:bad name"], "data": 1}).to_string(),
         ),
+        // Data that strict JSON parsers (PHP's json_decode) refuse would make every history
+        // reply holding it unreadable for them. Found by fuzzing (fuzz/README.md).
+        (
+            "data with an unpaired surrogate escape",
+            r#"{"channel": "public:news", "data": {"t": "\udcf7"}}"#.to_owned(),
+        ),
+        (
+            "data with a number beyond f64",
+            r#"{"channel": "public:news", "data": [1e400]}"#.to_owned(),
+        ),
     ];
     for (what, body) in cases {
         let (status, resp) = server.publish_raw(body, Some(&key)).await;

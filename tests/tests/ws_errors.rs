@@ -89,6 +89,24 @@ async fn malformed_frames_get_bad_request_and_the_connection_lives_on() {
         assert_alive(&mut ws).await;
     }
 
+    // Publish data that strict JSON parsers (PHP's json_decode, serde_json's Value) refuse:
+    // an unpaired surrogate escape, a number beyond f64. Found by fuzzing (fuzz/README.md);
+    // refused while parsing, before the plugin is asked (which would say `forbidden` here).
+    for (id, data) in [
+        (23, r#"{"t":"\udcf7"}"#),
+        (24, r#"["\ud800x"]"#),
+        (25, "1e400"),
+    ] {
+        ws.send_text(&format!(
+            r#"{{"id":{id},"type":"publish","channel":"public:news","data":{data}}}"#
+        ))
+        .await;
+        let reply = ws.recv_json().await;
+        assert_ws_error(&reply, "bad_request");
+        assert_eq!(reply["id"], id, "for {data}: {reply}");
+        assert_alive(&mut ws).await;
+    }
+
     // After all that, a subscription still works end to end.
     let reply = ws
         .request(json!({"type": "subscribe", "channel": "public:news"}))

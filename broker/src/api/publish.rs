@@ -12,7 +12,7 @@ use super::access::check_api_key;
 use super::ApiError;
 use crate::hub;
 use crate::plugins::PublishSource;
-use crate::protocol::ErrorCode;
+use crate::protocol::{self, ErrorCode};
 use crate::server::AppState;
 
 #[derive(Deserialize)]
@@ -55,6 +55,8 @@ pub(crate) async fn publish(
     let data = body
         .data
         .ok_or_else(|| ApiError::bad_request("`data` is required"))?;
+    protocol::check_json_text(data.get())
+        .map_err(|e| ApiError::bad_request(format!("`data` is not valid JSON: {e}")))?;
     let channels = names
         .iter()
         .map(|name| hub::parse_channel(name))

@@ -11,8 +11,8 @@
 //! that entry only (an unknown `kid` is refused), and a token without `kid` by
 //! `jwt.secret` / `jwt.public_key_file` if set (refused otherwise).
 //!
-//! Checked: signature, `exp` (required), `nbf` and `iat` (both optional, must not lie in the
-//! future), `sub` (required, a non-empty string), all with `jwt.leeway_seconds` of clock
+//! Checked: signature, `exp` (required), `nbf` and `iat` (both optional; NumericDates that
+//! must not lie in the future), `sub` (required, a non-empty string), all with `jwt.leeway_seconds` of clock
 //! leeway; `aud` and `iss` when `jwt.audience` / `jwt.issuer` are set (then required).
 
 use std::collections::HashMap;
@@ -213,10 +213,14 @@ impl TokenVerifier {
             .get("exp")
             .and_then(numeric_date)
             .ok_or(TokenError::MissingClaim("exp"))?;
-        if let Some(iat) = claims.get("iat") {
-            let iat = numeric_date(iat).ok_or(TokenError::Malformed)?;
-            if iat > now().saturating_add(self.leeway) {
-                return Err(TokenError::NotYetValid);
+        // jsonwebtoken checks `nbf` only when it is a number and ignores any other value, so
+        // a not-before written as a string would not hold the token back: check both here.
+        for name in ["nbf", "iat"] {
+            if let Some(at) = claims.get(name) {
+                let at = numeric_date(at).ok_or(TokenError::Malformed)?;
+                if at > now().saturating_add(self.leeway) {
+                    return Err(TokenError::NotYetValid);
+                }
             }
         }
 
@@ -617,6 +621,37 @@ mod tests {
             hs256_verifier(30).verify(&token).unwrap_err(),
             TokenError::NotYetValid
         );
+    }
+
+    #[test]
+    fn nbf_or_iat_that_is_no_numeric_date_is_refused() {
+        // Found by the jwt fuzz target: jsonwebtoken ignores an `nbf` it cannot read as a
+        // number, so `"nbf": "<a date string>"` was accepted at once.
+        for name in ["nbf", "iat"] {
+            for value in [
+                json!((now() + 100_000).to_string()),
+                json!("2030-01-01T00:00:00Z"),
+                json!(-1),
+                json!(null),
+                json!([now()]),
+            ] {
+                let mut claims = valid_claims();
+                claims[name] = value.clone();
+                let token = sign_hs256(SECRET, &claims);
+                assert_eq!(
+                    hs256_verifier(30).verify(&token).unwrap_err(),
+                    TokenError::Malformed,
+                    "{name}: {value}"
+                );
+            }
+            let mut claims = valid_claims();
+            claims[name] = json!(now() as f64 - 10.5);
+            let token = sign_hs256(SECRET, &claims);
+            assert!(
+                hs256_verifier(30).verify(&token).is_ok(),
+                "{name} as a float"
+            );
+        }
     }
 
     #[test]

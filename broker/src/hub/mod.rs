@@ -919,7 +919,7 @@ pub(crate) fn parse_channel(name: &str) -> Result<ChannelName, Refusal> {
 /// and SSE `data:` lines, and in valid JSON a line break can only be
 /// insignificant whitespace (inside strings it is escaped), so dropping them
 /// changes nothing but the layout of pretty-printed input.
-fn single_line(json: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn single_line(json: &str) -> std::borrow::Cow<'_, str> {
     if json.contains(['\n', '\r']) {
         std::borrow::Cow::Owned(json.replace(['\n', '\r'], ""))
     } else {

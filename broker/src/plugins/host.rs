@@ -29,6 +29,9 @@ use crate::auth::Identity;
 use crate::channel::is_namespace;
 use crate::metrics::{Histogram, LatencySnapshot};
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz_checks;
+
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../plugin-sdk/wit",
@@ -510,28 +513,7 @@ impl Plugin {
         let verdict = self.call(
             Hook::AuthorizeSubscribe,
             |exports, store| exports.call_authorize_subscribe(store, request),
-            |decision| match decision {
-                wit::SubscribeDecision::Allow(grant) => {
-                    let info_len = grant.presence_info_json.as_ref().map_or(0, String::len);
-                    let audience_len = grant.audience.as_ref().map_or(0, String::len);
-                    check_size(info_len + audience_len, max)?;
-                    let presence_info = grant
-                        .presence_info_json
-                        .map(|text| {
-                            serde_json::from_str(&text)
-                                .map_err(|e| format!("presence info is not valid JSON: {e}"))
-                        })
-                        .transpose()?;
-                    Ok(SubscribeVerdict::Allow {
-                        presence_info,
-                        audience: grant.audience,
-                    })
-                }
-                wit::SubscribeDecision::Deny(reason) => {
-                    check_size(reason.len(), max)?;
-                    Ok(SubscribeVerdict::Deny { reason })
-                }
-            },
+            |decision| subscribe_verdict(decision, max),
         );
         let verdict = verdict.unwrap_or(SubscribeVerdict::Fault);
         if matches!(verdict, SubscribeVerdict::Deny { .. }) {
@@ -563,18 +545,7 @@ impl Plugin {
         let verdict = self.call(
             Hook::OnPublish,
             |exports, store| exports.call_on_publish(store, request),
-            |decision| match decision {
-                wit::PublishDecision::Allow => Ok(PublishVerdict::Allow),
-                wit::PublishDecision::Replace(text) => {
-                    check_size(text.len(), max)?;
-                    check_json(&text, "replacement data")?;
-                    Ok(PublishVerdict::Replace(text))
-                }
-                wit::PublishDecision::Deny(reason) => {
-                    check_size(reason.len(), max)?;
-                    Ok(PublishVerdict::Deny { reason })
-                }
-            },
+            |decision| publish_verdict(decision, max),
         );
         let verdict = verdict.unwrap_or(PublishVerdict::Fault);
         if matches!(verdict, PublishVerdict::Deny { .. }) {
@@ -603,34 +574,7 @@ impl Plugin {
         let deliveries = self.call(
             Hook::Filter,
             |exports, store| exports.call_filter(store, request),
-            |deliveries| {
-                if deliveries.len() != audiences.len() {
-                    return Err(format!(
-                        "answered {} deliveries for {} audiences",
-                        deliveries.len(),
-                        audiences.len()
-                    ));
-                }
-                let size = deliveries
-                    .iter()
-                    .map(|d| match d {
-                        wit::Delivery::Replace(text) => text.len(),
-                        _ => 0,
-                    })
-                    .sum();
-                check_size(size, max)?;
-                deliveries
-                    .into_iter()
-                    .map(|d| match d {
-                        wit::Delivery::Skip => Ok(Delivery::Skip),
-                        wit::Delivery::Original => Ok(Delivery::Original),
-                        wit::Delivery::Replace(text) => {
-                            check_json(&text, "replacement data")?;
-                            Ok(Delivery::Replace(text))
-                        }
-                    })
-                    .collect::<Result<Vec<_>, String>>()
-            },
+            |answer| deliveries(answer, audiences.len(), max),
         );
         match deliveries {
             Some(deliveries) => {
@@ -821,6 +765,85 @@ fn wit_identity(identity: &Identity) -> wit::Identity<'_> {
     }
 }
 
+/// `authorize-subscribe`'s answer as a verdict; `Err` says why the answer is malformed.
+fn subscribe_verdict(
+    decision: wit::SubscribeDecision,
+    max: usize,
+) -> Result<SubscribeVerdict, String> {
+    match decision {
+        wit::SubscribeDecision::Allow(grant) => {
+            let info_len = grant.presence_info_json.as_ref().map_or(0, String::len);
+            let audience_len = grant.audience.as_ref().map_or(0, String::len);
+            check_size(info_len + audience_len, max)?;
+            let presence_info = grant
+                .presence_info_json
+                .map(|text| {
+                    serde_json::from_str(&text)
+                        .map_err(|e| format!("presence info is not valid JSON: {e}"))
+                })
+                .transpose()?;
+            Ok(SubscribeVerdict::Allow {
+                presence_info,
+                audience: grant.audience,
+            })
+        }
+        wit::SubscribeDecision::Deny(reason) => {
+            check_size(reason.len(), max)?;
+            Ok(SubscribeVerdict::Deny { reason })
+        }
+    }
+}
+
+/// `on-publish`'s answer as a verdict; `Err` says why the answer is malformed.
+fn publish_verdict(decision: wit::PublishDecision, max: usize) -> Result<PublishVerdict, String> {
+    match decision {
+        wit::PublishDecision::Allow => Ok(PublishVerdict::Allow),
+        wit::PublishDecision::Replace(text) => {
+            check_size(text.len(), max)?;
+            check_json(&text, "replacement data")?;
+            Ok(PublishVerdict::Replace(text))
+        }
+        wit::PublishDecision::Deny(reason) => {
+            check_size(reason.len(), max)?;
+            Ok(PublishVerdict::Deny { reason })
+        }
+    }
+}
+
+/// `filter`'s answer for `audiences` audiences; `Err` says why the answer is malformed.
+fn deliveries(
+    answer: Vec<wit::Delivery>,
+    audiences: usize,
+    max: usize,
+) -> Result<Vec<Delivery>, String> {
+    if answer.len() != audiences {
+        return Err(format!(
+            "answered {} deliveries for {} audiences",
+            answer.len(),
+            audiences
+        ));
+    }
+    let size = answer
+        .iter()
+        .map(|d| match d {
+            wit::Delivery::Replace(text) => text.len(),
+            _ => 0,
+        })
+        .sum();
+    check_size(size, max)?;
+    answer
+        .into_iter()
+        .map(|d| match d {
+            wit::Delivery::Skip => Ok(Delivery::Skip),
+            wit::Delivery::Original => Ok(Delivery::Original),
+            wit::Delivery::Replace(text) => {
+                check_json(&text, "replacement data")?;
+                Ok(Delivery::Replace(text))
+            }
+        })
+        .collect()
+}
+
 fn check_size(bytes: usize, max: usize) -> Result<(), String> {
     if bytes > max {
         Err(format!(
@@ -832,9 +855,7 @@ fn check_size(bytes: usize, max: usize) -> Result<(), String> {
 }
 
 fn check_json(text: &str, what: &str) -> Result<(), String> {
-    serde_json::from_str::<serde::de::IgnoredAny>(text)
-        .map(drop)
-        .map_err(|e| format!("{what} is not valid JSON: {e}"))
+    crate::protocol::check_json_text(text).map_err(|e| format!("{what} is not valid JSON: {e}"))
 }
 
 /// A trap or error from a call, in words an operator understands.

@@ -36,6 +36,8 @@ mod watcher;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use host::fuzz_checks;
 pub(crate) use host::{HookCounts, PluginStats};
 pub(crate) use registry::{Governor, LiveRegistry, Registry};
 pub(crate) use reload::{Change, PluginStatus, ReloadError, Reloader};

@@ -37,6 +37,9 @@ use crate::hub::{self, Admission, CutOff, Push, Queue, Registration, Subscribed}
 use crate::protocol::{self, ErrorCode, Refusal};
 use crate::server::AppState;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz_checks;
+
 /// `disconnect` codes, the same as the WebSocket close codes.
 mod disconnect_code {
     pub(super) const GOING_AWAY: u16 = 1001;
