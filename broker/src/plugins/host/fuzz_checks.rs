@@ -265,3 +265,36 @@ fn check_refusal(reason: &str) {
     let reply = json_object(&protocol::error_reply(Some(1), &refusal));
     assert_eq!(reply["message"], reason);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the plugin_answer target: without serde_json's `float_roundtrip` the last
+    /// digit of a presence info number changed on its way to the other members.
+    #[test]
+    fn presence_info_numbers_reach_members_unchanged() {
+        for number in [
+            "7.789457098860468e-203",
+            "0.30000000000000004",
+            "1.7976931348623157e308",
+        ] {
+            let grant = wit::SubscriptionGrant {
+                presence_info_json: Some(format!(r#"{{"x":{number}}}"#)),
+                audience: None,
+            };
+            let Ok(SubscribeVerdict::Allow {
+                presence_info: Some(info),
+                ..
+            }) = subscribe_verdict(wit::SubscribeDecision::Allow(grant), 1024)
+            else {
+                panic!("accepted");
+            };
+            // Rust's own float parsing is correctly rounded.
+            let exact: f64 = number.parse().unwrap();
+            assert_eq!(info["x"].as_f64(), Some(exact), "{number}");
+            let sent: Value = serde_json::from_str(&info.to_string()).unwrap();
+            assert_eq!(sent["x"].as_f64(), Some(exact), "{number}");
+        }
+    }
+}
