@@ -456,7 +456,7 @@ impl CursorSigner {
     }
 
     /// A cursor for `positions`, in the order of `channels` (sorted).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     fn encode(&self, channels: &[ChannelName], positions: &[Position]) -> String {
         let signed: Vec<String> = channels
             .iter()

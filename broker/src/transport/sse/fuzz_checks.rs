@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use arbitrary::{Result, Unstructured};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use hmac::Mac;
 
-use super::{CursorError, CursorSigner, CURSOR_MAC_BYTES};
+use super::{CursorError, CursorSigner, CURSOR_MAC_BYTES, CURSOR_V2_PREFIX};
 use crate::channel::ChannelName;
 use crate::engine::Position;
 
@@ -22,39 +24,81 @@ pub(crate) fn cursor(u: &mut Unstructured<'_>) -> Result<bool> {
         1 => {
             let text = String::from_utf8_lossy(u.bytes(u.len())?).into_owned();
             match signer.decode(&text, &channels) {
-                // Only with the MAC of this key over these channels and the payload.
+                // Only with this key's MACs over these channels and the payload.
                 Ok(positions) => {
                     assert_eq!(positions.len(), channels.len());
-                    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .decode(&text)
-                        .expect("a decoded cursor is base64url");
-                    let (payload, tag) = bytes.split_at(bytes.len() - CURSOR_MAC_BYTES);
-                    assert_eq!(tag, &signer.tag(&channels, payload)[..CURSOR_MAC_BYTES]);
-                    return Ok(true);
+                    assert!(carries_valid_macs(&signer, &text, &channels), "{text:?}");
+                    Ok(true)
                 }
-                Err(CursorError::ChannelCount { want, .. }) => assert_eq!(want, channels.len()),
-                Err(_) => {}
+                Err(CursorError::ChannelCount { want, .. }) => {
+                    assert_eq!(want, channels.len());
+                    Ok(false)
+                }
+                Err(_) => Ok(false),
             }
-            Ok(false)
         }
         _ => {
-            let payload = u.bytes(u.len())?;
-            let mut bytes = payload.to_vec();
-            bytes.extend_from_slice(&signer.tag(&channels, payload)[..CURSOR_MAC_BYTES]);
-            let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+            // Payloads of the fuzzer's choosing, each with a valid MAC: version 2 (one per
+            // channel) or version 1 (one for all), which is still read.
+            let sealed = if u.arbitrary()? {
+                let mut parts = Vec::with_capacity(channels.len());
+                for channel in &channels {
+                    let len = u.int_in_range(0..=40)?;
+                    let mut bytes = u.bytes(len)?.to_vec();
+                    let tag = signer.position_mac(channel, &bytes).finalize().into_bytes();
+                    bytes.extend_from_slice(&tag[..CURSOR_MAC_BYTES]);
+                    parts.push(URL_SAFE_NO_PAD.encode(bytes));
+                }
+                format!("{CURSOR_V2_PREFIX}{}", parts.join("."))
+            } else {
+                let mut bytes = u.bytes(u.len())?.to_vec();
+                let mut mac = signer.mac.clone();
+                CursorSigner::feed(&mut mac, &channels, &bytes);
+                bytes.extend_from_slice(&mac.finalize().into_bytes()[..CURSOR_MAC_BYTES]);
+                URL_SAFE_NO_PAD.encode(bytes)
+            };
             match signer.decode(&sealed, &channels) {
                 Ok(positions) => {
                     assert_eq!(positions.len(), channels.len());
                     let again = signer.encode(&channels, &positions);
                     assert_eq!(signer.decode(&again, &channels).ok(), Some(positions));
-                    return Ok(true);
+                    Ok(true)
                 }
                 Err(CursorError::Signature) => panic!("a valid MAC refused: {sealed}"),
-                Err(CursorError::ChannelCount { want, .. }) => assert_eq!(want, channels.len()),
-                Err(CursorError::Malformed) => {}
+                Err(CursorError::ChannelCount { want, .. }) => {
+                    assert_eq!(want, channels.len());
+                    Ok(false)
+                }
+                Err(CursorError::Malformed) => Ok(false),
             }
-            Ok(false)
         }
+    }
+}
+
+/// Whether `text` ends each signed part with the MAC this key gives it (an independent
+/// check of what `decode` accepted).
+fn carries_valid_macs(signer: &CursorSigner, text: &str, channels: &[ChannelName]) -> bool {
+    let split = |part: &str| {
+        let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
+        let at = bytes.len().checked_sub(CURSOR_MAC_BYTES)?;
+        let (payload, tag) = bytes.split_at(at);
+        Some((payload.to_vec(), tag.to_vec()))
+    };
+    match text.strip_prefix(CURSOR_V2_PREFIX) {
+        Some(signed) => signed.split('.').zip(channels).all(|(part, channel)| {
+            split(part).is_some_and(|(payload, tag)| {
+                signer
+                    .position_mac(channel, &payload)
+                    .finalize()
+                    .into_bytes()[..CURSOR_MAC_BYTES]
+                    == tag[..]
+            })
+        }),
+        None => split(text).is_some_and(|(payload, tag)| {
+            let mut mac = signer.mac.clone();
+            CursorSigner::feed(&mut mac, channels, &payload);
+            mac.finalize().into_bytes()[..CURSOR_MAC_BYTES] == tag[..]
+        }),
     }
 }
 
@@ -70,9 +114,10 @@ fn broker_made(
         .map(|_| position(u))
         .collect::<Result<Vec<_>>>()?;
     let cursor = signer.encode(channels, &positions);
+    assert!(cursor.starts_with(CURSOR_V2_PREFIX));
     assert!(cursor
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'));
     assert_eq!(
         signer.decode(&cursor, channels).ok().as_ref(),
         Some(&positions)
@@ -93,15 +138,17 @@ fn broker_made(
             Err(CursorError::Signature)
         ));
     }
-    let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(&cursor)
-        .expect("base64url");
+    // One byte of one signed part changed.
+    let mut parts: Vec<String> = cursor.split('.').map(str::to_owned).collect();
+    let index = 1 + u.choose_index(parts.len() - 1)?;
+    let mut bytes = URL_SAFE_NO_PAD.decode(&parts[index]).expect("base64url");
     let at = u.choose_index(bytes.len())?;
     bytes[at] ^= u.int_in_range(1..=255)?;
-    let changed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    parts[index] = URL_SAFE_NO_PAD.encode(bytes);
+    let changed = parts.join(".");
     assert!(
         signer.decode(&changed, channels).is_err(),
-        "byte {at} changed"
+        "byte {at} of part {index} changed"
     );
     Ok(true)
 }
