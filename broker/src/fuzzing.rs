@@ -22,10 +22,13 @@ use crate::config::{JwtConfig, JwtKeyConfig};
 use crate::engine::Stored;
 use crate::protocol::{self, Command, CommandKind};
 
+/// A target's body: `true` when the input was accepted.
+pub type Target = fn(&[u8]) -> bool;
+
 /// Every target by the name of its `fuzz/fuzz_targets/<name>.rs` and `fuzz/corpus/<name>/`.
 /// Each returns whether the input was accepted (and so the properties of an accepted input
 /// were checked), so that the smoke run can tell that it reaches past the refusals.
-pub const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("ws_command", ws_command),
     ("channel_name", channel_name),
     ("sse_cursor", sse_cursor),
