@@ -245,15 +245,7 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
 /// `stellwerk_plugin_call_duration_seconds_{sum,count}{plugin=…,hook="filter"}` from
 /// `GET /metrics` (admin token); `None` if the endpoint or the series is missing.
 async fn filter_hook(addr: std::net::SocketAddr, plugin: &str) -> Option<HookCost> {
-    let text = reqwest::Client::new()
-        .get(format!("http://{addr}/metrics"))
-        .bearer_auth(crate::servers::ADMIN_TOKEN)
-        .send()
-        .await
-        .ok()?
-        .error_for_status()
-        .ok()?
-        .text()
+    let text = crate::stellwerk::metrics(&reqwest::Client::new(), addr)
         .await
         .ok()?;
     let labels = format!("{{plugin=\"{plugin}\",hook=\"filter\"}}");

@@ -9,7 +9,9 @@
 //! - `clients`: both brokers behind one face (subscribe, publish, read deliveries).
 //! - `fanout`, `idle`: the scenarios; `plugin_cost`: `plugin-cost` and `filter`, built on
 //!   the fan-out run; `reconnect`: `reconnect-storm` (recovery under load, Stellwerk only);
-//!   `reload`: hot reload's time to live and its cost in throughput (Stellwerk only).
+//!   `reload`: hot reload's time to live and its cost in throughput (Stellwerk only);
+//!   `soak`: a steady mix of everything for minutes or hours, checking that no message is
+//!   lost and that descriptors come back (Stellwerk only; it exits non-zero on a failure).
 
 mod clients;
 mod fanout;
@@ -21,15 +23,17 @@ mod procfs;
 mod reconnect;
 mod reload;
 mod servers;
+mod soak;
 mod sse;
 mod stellwerk;
 mod wsclient;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
@@ -67,6 +71,90 @@ enum Scenario {
     /// Stellwerk only: time from writing a plugin file to its rules being live (median,
     /// p99), and deliveries/s during a reload storm versus without one.
     Reload(ReloadArgs),
+    /// Stellwerk only: a steady mix of connects, subscribes, publishes, presence, history,
+    /// refreshes, plugin reloads and disconnects for `--minutes`; lost messages (must be
+    /// 0), RSS after warm-up versus the end, open descriptors. Exits non-zero on a failure.
+    Soak(SoakArgs),
+}
+
+#[derive(Debug, Args)]
+struct SoakArgs {
+    #[command(flatten)]
+    length: SoakLength,
+    /// Long-lived WebSocket subscribers of the news and the chat (every second one batched)
+    /// that must receive every acknowledged message.
+    #[arg(long, default_value_t = 8)]
+    witnesses: usize,
+    /// Long-lived SSE streams on the news and the chat, checked like the witnesses.
+    #[arg(long, default_value_t = 2)]
+    sse_witnesses: usize,
+    /// WebSocket clients connecting, working and leaving at the same time.
+    #[arg(long, default_value_t = 16)]
+    churners: usize,
+    /// SSE streams opening and dropping at the same time.
+    #[arg(long, default_value_t = 4)]
+    sse_churners: usize,
+    /// `POST /api/publish` requests per second (news, chat, both in turn).
+    #[arg(long, default_value_t = 20.0)]
+    http_rate: f64,
+    /// Commands per second of one churning connection, every second one a chat publish
+    /// (at most 20: the default limit is 10 publishes a second).
+    #[arg(long, default_value_t = 4.0)]
+    command_rate: f64,
+    /// Seconds between two plugin reloads (an upload and a reload of the directory).
+    #[arg(long, default_value_t = 10.0)]
+    reload_every: f64,
+    /// Seconds between two samples of RSS, descriptors and `/metrics`.
+    #[arg(long, default_value_t = 5.0)]
+    sample_every: f64,
+}
+
+/// How long the soak runs: exactly one of the two.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct SoakLength {
+    /// Minutes of the mix.
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Seconds of the mix (short runs, CI).
+    #[arg(long)]
+    seconds: Option<f64>,
+}
+
+impl SoakArgs {
+    fn params(&self) -> Result<soak::Params> {
+        let seconds = match (self.length.minutes, self.length.seconds) {
+            (Some(m), None) => m * 60.0,
+            (None, Some(s)) => s,
+            _ => bail!("give exactly one of --minutes and --seconds"),
+        };
+        if !(1.0..=7.0 * 24.0 * 3600.0).contains(&seconds) {
+            bail!("the soak runs from 1 second to a week, not {seconds} s");
+        }
+        if !(0.1..=20.0).contains(&self.command_rate) {
+            bail!("--command-rate must be within 0.1..=20: above, the default rate limit of 10 publishes a second is met");
+        }
+        if !(0.1..=1000.0).contains(&self.http_rate) {
+            bail!("--http-rate must be within 0.1..=1000 (the default limit is 5,000 a second)");
+        }
+        if self.reload_every < 0.5 || self.sample_every < 0.5 {
+            bail!("--reload-every and --sample-every are at least 0.5 s");
+        }
+        if self.witnesses == 0 {
+            bail!("the soak needs at least one WebSocket witness");
+        }
+        Ok(soak::Params {
+            duration: Duration::from_secs_f64(seconds),
+            witnesses: self.witnesses,
+            sse_witnesses: self.sse_witnesses,
+            churners: self.churners,
+            sse_churners: self.sse_churners,
+            http_rate: self.http_rate,
+            command_rate: self.command_rate,
+            reload_every: Duration::from_secs_f64(self.reload_every),
+            sample_every: Duration::from_secs_f64(self.sample_every),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -302,6 +390,21 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
 }
 
+/// The benchmarks publish as fast as the broker takes it: they measure the broker, not the
+/// API key's rate limit (5,000 a second by default), which they turn off. The soak keeps
+/// every default: an honest mix must never meet a limit. `--stellwerk-env` comes last.
+fn stellwerk_env(scenario: &Scenario, extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    if !matches!(scenario, Scenario::Soak(_)) {
+        env.push((
+            "STELLWERK_RATE_LIMITS_API_PUBLISHES_PER_SECOND".to_owned(),
+            "0".to_owned(),
+        ));
+    }
+    env.extend(extra.iter().cloned());
+    env
+}
+
 impl Which {
     fn brokers(self) -> Vec<Broker> {
         match self {
@@ -314,7 +417,7 @@ impl Which {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     // Before the runtime and before any server is spawned: children inherit the limit.
     let fd_limit = procfs::raise_fd_limit(65_536);
@@ -324,7 +427,7 @@ fn main() -> Result<()> {
         .block_on(run(cli, fd_limit))
 }
 
-async fn run(cli: Cli, fd_limit: u64) -> Result<()> {
+async fn run(cli: Cli, fd_limit: u64) -> Result<ExitCode> {
     let c = &cli.common;
     let setup = ServerSetup {
         stellwerk_bin: c
@@ -335,7 +438,7 @@ async fn run(cli: Cli, fd_limit: u64) -> Result<()> {
             .plugins_dir
             .clone()
             .unwrap_or_else(servers::default_plugins_dir),
-        stellwerk_env: c.stellwerk_env.clone(),
+        stellwerk_env: stellwerk_env(&cli.scenario, &c.stellwerk_env),
         nats_bin: c.nats_bin.clone().unwrap_or_else(servers::default_nats_bin),
         log_dir: c.log_dir.clone(),
     };
@@ -347,6 +450,8 @@ async fn run(cli: Cli, fd_limit: u64) -> Result<()> {
         load_before.map_or("?".into(), |l| format!("{l:.2}")),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    // Only the soak judges: the other scenarios report.
+    let mut failed = false;
     let report = match &cli.scenario {
         Scenario::Fanout(a) => run_fanout(a, c, &setup, &brokers, timeout).await,
         Scenario::Idle(a) => {
@@ -415,6 +520,24 @@ async fn run(cli: Cli, fd_limit: u64) -> Result<()> {
             };
             reload::run(&setup, &params).await
         }
+        Scenario::Soak(a) => {
+            let params = a.params()?;
+            eprintln!("running soak stellwerk …");
+            // The run bounds itself; this is the backstop should the server hang.
+            let bounded = tokio::time::timeout(
+                params.duration + Duration::from_secs(300),
+                soak::run(&setup, &params),
+            );
+            let result = bounded
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("aborted: no result within the bound")));
+            match &result {
+                Ok(outcome) => soak::print(outcome),
+                Err(e) => eprintln!("soak failed: {e:#}"),
+            }
+            failed = !result.as_ref().is_ok_and(soak::Outcome::passed);
+            soak::json(&params, result.as_ref())
+        }
     };
     if let Some(out) = &c.out {
         let mut line = report;
@@ -430,7 +553,11 @@ async fn run(cli: Cli, fd_limit: u64) -> Result<()> {
         writeln!(file, "{line}")?;
         eprintln!("results appended to {}", out.display());
     }
-    Ok(())
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn run_fanout(

@@ -259,23 +259,20 @@ fn print_notes(o: &fanout::Outcome) {
     }
 }
 
-/// A temporary plugins directory: the real plugins plus one test plugin, removed on drop.
-/// Only the named test plugin goes in: the others misbehave on purpose.
-struct PluginsDir {
-    path: PathBuf,
+/// A temporary plugins directory, removed on drop: a copy of the real plugins, so that a
+/// run may add test plugins or deploy new versions without touching `target/plugins`.
+pub(crate) struct PluginsDir {
+    pub(crate) path: PathBuf,
 }
 
 impl PluginsDir {
-    fn with_test_plugin(plugins: &Path, test_plugins: &Path, name: &str) -> Result<Self> {
-        let test_plugin = test_plugins.join(format!("{name}.wasm"));
-        if !test_plugin.is_file() {
-            bail!(
-                "{} not found: run `cargo xtask build-plugins`",
-                test_plugin.display()
-            );
-        }
-        let path =
-            std::env::temp_dir().join(format!("stellwerk-bench-plugins-{}", std::process::id()));
+    /// Every `*.wasm` of `plugins`, copied into a fresh directory named after `label`.
+    pub(crate) fn copy_of(plugins: &Path, label: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "stellwerk-bench-{label}-plugins-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         let dir = Self { path };
         for entry in
@@ -288,6 +285,20 @@ impl PluginsDir {
                 }
             }
         }
+        Ok(dir)
+    }
+
+    /// The real plugins plus one test plugin. Only the named test plugin goes in: the
+    /// others misbehave on purpose.
+    fn with_test_plugin(plugins: &Path, test_plugins: &Path, name: &str) -> Result<Self> {
+        let test_plugin = test_plugins.join(format!("{name}.wasm"));
+        if !test_plugin.is_file() {
+            bail!(
+                "{} not found: run `cargo xtask build-plugins`",
+                test_plugin.display()
+            );
+        }
+        let dir = Self::copy_of(plugins, name)?;
         std::fs::copy(&test_plugin, dir.path.join(format!("{name}.wasm")))?;
         Ok(dir)
     }

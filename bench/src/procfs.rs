@@ -34,14 +34,32 @@ pub(crate) fn own_cpu_seconds() -> Result<f64> {
 
 /// Resident set size of a process in KiB (`VmRSS`).
 pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The most the process was ever resident (`VmHWM`), in KiB.
+pub(crate) fn peak_rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A `kB` line of `/proc/<pid>/status`, e.g. `VmRSS:`.
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc/<pid>/status")
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// Open file descriptors of a process (entries of `/proc/<pid>/fd`): one per socket, so
+/// a leaked connection shows here even when the broker's own gauges miss it.
+pub(crate) fn open_fds(pid: u32) -> Result<u64> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("reading /proc/{pid}/fd"))?;
+    Ok(entries.count() as u64)
 }
 
 /// `sysconf(_SC_CLK_TCK)`, read through `getconf` because the workspace forbids `unsafe`.

@@ -369,7 +369,7 @@ pub(crate) async fn run(setup: &ServerSetup, p: &Params) -> Result<Outcome> {
         reports.push(task.await?);
     }
     let server_cpu_storm_s = procfs::cpu_seconds(pid)? - cpu_before;
-    let rss_peak_kib = peak_rss_kib(pid)?;
+    let rss_peak_kib = procfs::peak_rss_kib(pid)?;
     let generator_cpu_s = procfs::own_cpu_seconds()? - generator_cpu_before;
     let server_log = server.log.display().to_string();
     server.stop().await;
@@ -434,7 +434,7 @@ pub(crate) async fn run(setup: &ServerSetup, p: &Params) -> Result<Outcome> {
 }
 
 /// The channel's epoch and latest offset, from its history (API key).
-async fn latest(addr: SocketAddr, channel: &str) -> Result<(String, u64)> {
+pub(crate) async fn latest(addr: SocketAddr, channel: &str) -> Result<(String, u64)> {
     let url = format!("http://{addr}/api/channels/{channel}/history?limit=1");
     let body: Value = reqwest::Client::new()
         .get(url)
@@ -447,18 +447,6 @@ async fn latest(addr: SocketAddr, channel: &str) -> Result<(String, u64)> {
     let epoch = body["epoch"].as_str().context("history without epoch")?;
     let offset = body["messages"][0]["offset"].as_u64().unwrap_or(0);
     Ok((epoch.to_owned(), offset))
-}
-
-/// The most the process was ever resident (`VmHWM`), in KiB.
-fn peak_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmHWM in /proc/<pid>/status")
 }
 
 pub(crate) fn print(o: &Outcome) {

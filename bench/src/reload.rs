@@ -128,8 +128,8 @@ async fn measure(
     v2: &[u8],
 ) -> Result<Value> {
     // Warm the compile cache for both builds, so the series measures the reload path.
-    admin.upload(v2).await?;
-    admin.upload(v1).await?;
+    admin.upload("gate", v2).await?;
+    admin.upload("gate", v1).await?;
 
     eprintln!("reload: {} file renames …", p.reloads);
     let mut by_file = Vec::with_capacity(p.reloads);
@@ -142,7 +142,7 @@ async fn measure(
     for i in 0..p.reloads {
         let bytes = if i % 2 == 0 { v2 } else { v1 };
         let started = Instant::now();
-        admin.upload(bytes).await?;
+        admin.upload("gate", bytes).await?;
         by_upload.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     eprintln!(
@@ -155,7 +155,7 @@ async fn measure(
         fresh.push(rename_until_live(admin, dir, &bytes).await?);
     }
     // Back to a build the storm alternates with.
-    admin.upload(v1).await?;
+    admin.upload("gate", v1).await?;
 
     eprintln!("reload: throughput, {} subscribers …", p.subscribers);
     let mut subscribers = Vec::with_capacity(p.subscribers);
@@ -305,7 +305,7 @@ async fn phase(
         Some((v1, v2)) => {
             while Instant::now() < until {
                 let bytes = if reloads % 2 == 0 { v2 } else { v1 };
-                admin.upload(bytes).await?;
+                admin.upload("gate", bytes).await?;
                 reloads += 1;
                 tokio::time::sleep(p.storm_interval).await;
             }
@@ -387,31 +387,47 @@ async fn read_until_end(mut ws: Ws) -> (Ws, Result<u64, String>) {
 }
 
 /// The admin API, as the bench uses it.
-struct Admin {
+pub(crate) struct Admin {
     base: String,
     http: reqwest::Client,
 }
 
 impl Admin {
-    fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
         Self {
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            http: stellwerk::http_client(),
         }
     }
 
-    async fn upload(&self, bytes: &[u8]) -> Result<Value> {
-        let resp = self
+    /// `PUT /admin/plugins/{name}`: the answer (`outcome`, `reauthorized`) of a 200.
+    pub(crate) async fn upload(&self, name: &str, bytes: &[u8]) -> Result<Value> {
+        let request = self
             .http
-            .put(format!("{}/admin/plugins/gate", self.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .body(bytes.to_vec())
-            .send()
-            .await?;
+            .put(format!("{}/admin/plugins/{name}", self.base))
+            .body(bytes.to_vec());
+        Self::call(request, "upload").await
+    }
+
+    /// `POST /admin/plugins/reload`: one result per plugin file.
+    pub(crate) async fn reload_all(&self) -> Result<Vec<Value>> {
+        let request = self
+            .http
+            .post(format!("{}/admin/plugins/reload", self.base));
+        let body = Self::call(request, "reload").await?;
+        body["results"]
+            .as_array()
+            .cloned()
+            .with_context(|| format!("reload answer without results: {body}"))
+    }
+
+    /// Sends `request` with the admin token; the JSON answer of a 2xx, else an error.
+    async fn call(request: reqwest::RequestBuilder, what: &str) -> Result<Value> {
+        let resp = request.bearer_auth(ADMIN_TOKEN).send().await?;
         let status = resp.status();
         let body: Value = resp.json().await?;
         if !status.is_success() {
-            bail!("upload answered {status}: {body}");
+            bail!("{what} answered {status}: {body}");
         }
         Ok(body)
     }
@@ -452,7 +468,7 @@ impl Admin {
 }
 
 /// `bytes` plus a custom section named `name`: the same plugin, bytes never seen before.
-fn with_custom_section(bytes: &[u8], name: &str) -> Vec<u8> {
+pub(crate) fn with_custom_section(bytes: &[u8], name: &str) -> Vec<u8> {
     let mut payload = Vec::new();
     leb128(&mut payload, name.len() as u64);
     payload.extend_from_slice(name.as_bytes());

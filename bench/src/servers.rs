@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 pub(crate) struct ServerSetup {
     pub(crate) stellwerk_bin: PathBuf,
     pub(crate) plugins_dir: PathBuf,
+    /// Set on every Stellwerk started, after the bench's own settings (so they win).
     pub(crate) stellwerk_env: Vec<(String, String)>,
     pub(crate) nats_bin: PathBuf,
     pub(crate) log_dir: PathBuf,
@@ -73,10 +74,7 @@ pub(crate) async fn start_stellwerk(
             "STELLWERK_LIMITS_QUEUE_CAPACITY",
             queue_capacity.to_string(),
         )
-        .env("RUST_LOG", "warn")
-        // The benchmarks publish as fast as the broker takes it: measure the broker, not
-        // the API key's rate limit (5,000 a second by default).
-        .env("STELLWERK_RATE_LIMITS_API_PUBLISHES_PER_SECOND", "0");
+        .env("RUST_LOG", "warn");
     for (k, v) in &setup.stellwerk_env {
         cmd.env(k, v);
     }

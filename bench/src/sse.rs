@@ -25,13 +25,36 @@ pub(crate) async fn subscriber(
     channel: &str,
     read_buffer: usize,
 ) -> Result<SseStream> {
+    let mut stream = open(addr, token, &[channel], read_buffer).await?;
+    let mut subscribed = false;
+    while !subscribed {
+        if !stream
+            .next_events(|name, _| subscribed |= name == "subscribed")
+            .await?
+        {
+            bail!("stellwerk closed the SSE stream before `subscribed`");
+        }
+    }
+    Ok(stream)
+}
+
+/// Opens a stream on `channels` and returns once the `200` head has arrived; the
+/// `subscribed` events are the first the caller reads.
+pub(crate) async fn open(
+    addr: SocketAddr,
+    token: &str,
+    channels: &[&str],
+    read_buffer: usize,
+) -> Result<SseStream> {
     let mut tcp = TcpStream::connect(addr)
         .await
         .with_context(|| format!("tcp connect to {addr}"))?;
     tcp.set_nodelay(true)?;
+    let query: Vec<String> = channels.iter().map(|c| format!("channel={c}")).collect();
     let request = format!(
-        "GET /sse?channel={channel}&token={token} HTTP/1.0\r\nHost: {addr}\r\n\
-         Accept: text/event-stream\r\n\r\n"
+        "GET /sse?{}&token={token} HTTP/1.0\r\nHost: {addr}\r\n\
+         Accept: text/event-stream\r\n\r\n",
+        query.join("&")
     );
     tcp.write_all(request.as_bytes()).await?;
     let mut stream = SseStream {
@@ -53,20 +76,23 @@ pub(crate) async fn subscriber(
         let status = head.lines().next().unwrap_or_default().to_owned();
         bail!("SSE stream refused: {status}");
     }
-    let mut subscribed = false;
-    while !subscribed {
-        if !stream.fill().await? {
-            bail!("stellwerk closed the SSE stream before `subscribed`");
-        }
-        stream.take_events(|name, _| subscribed |= name == "subscribed");
-    }
     Ok(stream)
 }
 
 impl SseStream {
     /// Reads what arrives next and hands every complete event's name and data to `each`;
-    /// `false` once the server has closed the stream.
-    pub(crate) async fn next_events(&mut self, each: impl FnMut(&str, &[u8])) -> Result<bool> {
+    /// `false` once the server has closed the stream. Cancel-safe: an event is handed out
+    /// only by a call that completes.
+    pub(crate) async fn next_events(&mut self, mut each: impl FnMut(&str, &[u8])) -> Result<bool> {
+        // Events already read (with the response head, or in one read with others) first.
+        let mut handed = false;
+        self.take_events(|name, data| {
+            handed = true;
+            each(name, data);
+        });
+        if handed {
+            return Ok(true);
+        }
         if !self.fill().await? {
             return Ok(false);
         }
@@ -74,12 +100,11 @@ impl SseStream {
         Ok(true)
     }
 
+    /// Reads into `pending`'s spare room. Cancel-safe (the soak reads under a deadline):
+    /// bytes are appended only by a read that completed.
     async fn fill(&mut self) -> Result<bool> {
-        let len = self.pending.len();
-        self.pending.resize(len + self.read_buffer, 0);
-        let read = self.tcp.read(&mut self.pending[len..]).await;
-        self.pending.truncate(len + *read.as_ref().unwrap_or(&0));
-        Ok(read? > 0)
+        self.pending.reserve(self.read_buffer);
+        Ok(self.tcp.read_buf(&mut self.pending).await? > 0)
     }
 
     /// Hands out every complete event (`\n\n`-terminated) in `pending` and keeps the rest.

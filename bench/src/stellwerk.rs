@@ -2,7 +2,7 @@
 //! `GET /ws?token=…` plus `subscribe`, and `POST /api/publish` with the API key.
 
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
@@ -62,6 +62,21 @@ pub(crate) async fn subscriber(
     }
 }
 
+/// How long an idle kept-alive HTTP connection is reused. The broker closes one after
+/// `http.header_read_timeout_seconds` (10 s by default); a client that reuses it just then
+/// gets a failed request, which the soak would count as an error. Well below that, a
+/// connection is dropped by the client first.
+pub(crate) const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// An HTTP client for the broker's API whose idle connections never meet the broker's
+/// idle timeout (`POOL_IDLE`).
+pub(crate) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(POOL_IDLE)
+        .build()
+        .unwrap_or_default()
+}
+
 /// `POST /api/publish`, one message per request, over kept-alive HTTP/1.1 connections.
 /// Cheap to clone: clones share the connection pool.
 #[derive(Clone)]
@@ -83,6 +98,7 @@ impl Publisher {
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(connections)
+            .pool_idle_timeout(POOL_IDLE)
             .build()?;
         Ok(Self {
             client,
@@ -95,6 +111,37 @@ impl Publisher {
     /// `data` is already JSON (the benchmark message).
     pub(crate) async fn publish(&self, data: &str) -> Result<()> {
         let body = format!("{{\"channel\":\"{}\",\"data\":{data}}}", self.channel);
+        let response = self.send(body).await?;
+        // Read the body so that the connection goes back to the pool.
+        response.bytes().await?;
+        Ok(())
+    }
+
+    /// Publishes `data` (JSON) to `channels` in one request, whatever channel this publisher
+    /// was made for, and returns where each channel put it.
+    pub(crate) async fn publish_to(&self, channels: &[&str], data: &str) -> Result<Vec<Published>> {
+        let body = serde_json::json!({"channels": channels, "data": serde_json::from_str::<serde_json::Value>(data)?});
+        let answer: serde_json::Value = self.send(body.to_string()).await?.json().await?;
+        let results = answer["results"]
+            .as_array()
+            .with_context(|| format!("publish answer without results: {answer}"))?;
+        results
+            .iter()
+            .map(|r| {
+                Ok(Published {
+                    channel: r["channel"]
+                        .as_str()
+                        .context("result without channel")?
+                        .to_owned(),
+                    offset: r["offset"].as_u64().context("result without offset")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sends one publish request; a non-2xx answer is an error that quotes its body (with
+    /// its `code`, e.g. `rate_limited`).
+    async fn send(&self, body: String) -> Result<reqwest::Response> {
         let response = self
             .client
             .post(&self.url)
@@ -108,8 +155,66 @@ impl Publisher {
             let text = response.text().await.unwrap_or_default();
             bail!("publish answered {status}: {text}");
         }
-        // Read the body so that the connection goes back to the pool.
-        response.bytes().await?;
-        Ok(())
+        Ok(response)
+    }
+}
+
+/// Where one channel put a published message (an entry of `POST /api/publish`'s `results`).
+#[derive(Debug, Clone)]
+pub(crate) struct Published {
+    pub(crate) channel: String,
+    pub(crate) offset: u64,
+}
+
+/// `GET /metrics` (admin token): the Prometheus text.
+pub(crate) async fn metrics(client: &reqwest::Client, addr: SocketAddr) -> Result<String> {
+    Ok(client
+        .get(format!("http://{addr}/metrics"))
+        .bearer_auth(crate::servers::ADMIN_TOKEN)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// The sum over every sample of the metric `name` (all its label sets) in Prometheus
+/// text; `None` when it has none.
+pub(crate) fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let value = match rest.as_bytes().first() {
+            Some(b' ') => rest,
+            Some(b'{') => rest.rsplit_once('}').map_or("", |(_, v)| v),
+            _ => continue,
+        };
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sum_adds_label_sets_and_skips_longer_names() {
+        let text = "# TYPE stellwerk_connections gauge\n\
+                    stellwerk_connections 7\n\
+                    stellwerk_connections_refused_total{reason=\"max_connections\"} 2\n\
+                    stellwerk_rate_limited_total{limit=\"commands\"} 1\n\
+                    stellwerk_rate_limited_total{limit=\"publishes\"} 3\n";
+        assert_eq!(metric_sum(text, "stellwerk_connections"), Some(7.0));
+        assert_eq!(metric_sum(text, "stellwerk_rate_limited_total"), Some(4.0));
+        assert_eq!(
+            metric_sum(text, "stellwerk_connections_refused_total"),
+            Some(2.0)
+        );
+        assert_eq!(metric_sum(text, "stellwerk_channels"), None);
     }
 }

@@ -1,5 +1,6 @@
-//! Builds the `stellwerk` binary once per test process, so the suite always tests the current
-//! code rather than whatever happens to lie in `target/`.
+//! Builds the `stellwerk` binary (and the `stellwerk-bench` load generator beside it) once
+//! per test process, so the suite always tests the current code rather than whatever
+//! happens to lie in `target/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,14 +23,29 @@ pub fn default_plugins_dir() -> PathBuf {
 
 /// Path of a freshly built `stellwerk`. Panics (fails the test) when the build fails.
 pub fn stellwerk_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| match build() {
-        Ok(path) => path,
+    &built().stellwerk
+}
+
+/// Path of the `stellwerk-bench` load generator from the same build (for the soak test).
+pub fn bench_binary() -> &'static Path {
+    &built().bench
+}
+
+/// The workspace's binaries, built once per test process.
+struct Built {
+    stellwerk: PathBuf,
+    bench: PathBuf,
+}
+
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| match build() {
+        Ok(built) => built,
         Err(e) => panic!("could not build stellwerk: {e:#}"),
     })
 }
 
-fn build() -> anyhow::Result<PathBuf> {
+fn build() -> anyhow::Result<Built> {
     // `cargo test` releases its build lock before it runs tests, so a nested build is fine.
     let output = Command::new(env!("CARGO"))
         .current_dir(workspace_root())
@@ -55,20 +71,31 @@ fn build() -> anyhow::Result<PathBuf> {
         );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let (mut stellwerk, mut bench) = (None, None);
     for line in stdout.lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        // Not the `stellwerk` bin's unit-test harness, which `--tests` builds as well.
-        if msg["reason"] == "compiler-artifact"
-            && msg["target"]["name"] == "stellwerk"
-            && msg["target"]["kind"][0] == "bin"
-            && msg["profile"]["test"] == false
+        // Not a bin's unit-test harness, which `--tests` builds as well.
+        if msg["reason"] != "compiler-artifact"
+            || msg["target"]["kind"][0] != "bin"
+            || msg["profile"]["test"] != false
         {
-            if let Some(exe) = msg["executable"].as_str() {
-                return Ok(PathBuf::from(exe));
-            }
+            continue;
+        }
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        match msg["target"]["name"].as_str() {
+            Some("stellwerk") => stellwerk = Some(PathBuf::from(exe)),
+            Some("stellwerk-bench") => bench = Some(PathBuf::from(exe)),
+            _ => {}
         }
     }
-    bail!("cargo build reported no `stellwerk` executable:\n{stdout}")
+    match (stellwerk, bench) {
+        (Some(stellwerk), Some(bench)) => Ok(Built { stellwerk, bench }),
+        _ => bail!(
+            "cargo build reported no `stellwerk` or no `stellwerk-bench` executable:\n{stdout}"
+        ),
+    }
 }

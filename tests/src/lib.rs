@@ -5,7 +5,7 @@
 //! contract they check is `docs/protocol.md`.
 //!
 //! # Layout
-//! - [`binary`]: builds the current `stellwerk` once per test process.
+//! - [`binary`]: builds the current `stellwerk` (and `stellwerk-bench`) once per test process.
 //! - [`server`]: starts one broker per test on `127.0.0.1:0`, mints tokens, publishes.
 //! - [`ws`]: a small WebSocket client (commands, pushes, close frames).
 //! - [`sse`]: a Server-Sent Events client over a raw HTTP byte stream.
