@@ -53,23 +53,7 @@ async fn sigterm_says_goodbye_to_everyone_and_exits_within_the_bound() {
         half_open.push(stream);
     }
     // A subscriber that stopped reading, its socket full of 16 KiB messages.
-    let token = server.token("stalled");
-    let mut stalled = RawWs::connect(server.addr(), &format!("/ws?token={token}"), 4096)
-        .await
-        .expect("raw WebSocket");
-    stalled
-        .send_text(&json!({"id": 1, "type": "subscribe", "channel": STALLED}).to_string())
-        .await
-        .expect("subscribe");
-    // Wait for the subscription (its reply is the first frame), then never read again.
-    let reply = tokio::time::timeout(Duration::from_secs(10), stalled.read_frame())
-        .await
-        .expect("subscribe reply in time")
-        .expect("subscribe reply");
-    assert!(
-        String::from_utf8_lossy(&reply.payload).contains("subscribed"),
-        "{reply:?}"
-    );
+    let _stalled = raw_subscriber(&server, "stalled").await;
     let blob = "x".repeat(16 * 1024);
     for i in 0..300 {
         server
@@ -143,22 +127,7 @@ async fn sigterm_writes_what_was_queued_before_the_goodbye() {
         .env("STELLWERK_SHUTDOWN_TIMEOUT_SECONDS", 30)
         .start()
         .await;
-    let token = server.token("behind");
-    let mut behind = RawWs::connect(server.addr(), &format!("/ws?token={token}"), 4096)
-        .await
-        .expect("raw WebSocket");
-    behind
-        .send_text(&json!({"id": 1, "type": "subscribe", "channel": STALLED}).to_string())
-        .await
-        .expect("subscribe");
-    let reply = tokio::time::timeout(Duration::from_secs(10), behind.read_frame())
-        .await
-        .expect("subscribe reply in time")
-        .expect("subscribe reply");
-    assert!(
-        String::from_utf8_lossy(&reply.payload).contains("subscribed"),
-        "{reply:?}"
-    );
+    let mut behind = raw_subscriber(&server, "behind").await;
     // 6.4 MiB: more than the kernel's socket buffers hold (4 MiB at most on loopback), less
     // than the default queue bound (8 MiB), so the rest waits in the broker's queue.
     let blob = "x".repeat(16 * 1024);
@@ -204,4 +173,25 @@ async fn sigterm_writes_what_was_queued_before_the_goodbye() {
         status.is_some_and(|s| s.success()),
         "exit status {status:?}"
     );
+}
+
+/// A WebSocket on a raw socket with a 4 KiB receive buffer, subscribed to [`STALLED`]: its
+/// `subscribed` reply (the first frame) has been read, nothing after it.
+async fn raw_subscriber(server: &Server, user: &str) -> RawWs {
+    let token = server.token(user);
+    let mut ws = RawWs::connect(server.addr(), &format!("/ws?token={token}"), 4096)
+        .await
+        .expect("raw WebSocket");
+    ws.send_text(&json!({"id": 1, "type": "subscribe", "channel": STALLED}).to_string())
+        .await
+        .expect("subscribe");
+    let reply = tokio::time::timeout(Duration::from_secs(10), ws.read_frame())
+        .await
+        .expect("subscribe reply in time")
+        .expect("subscribe reply");
+    assert!(
+        String::from_utf8_lossy(&reply.payload).contains("subscribed"),
+        "{reply:?}"
+    );
+    ws
 }
