@@ -316,7 +316,7 @@ fn jwt_case(u: &mut Unstructured<'_>) -> ArbitraryResult<bool> {
     };
     assert!(names(claims.get("aud"), JWT_AUDIENCE), "{claims:?}");
     assert!(names(claims.get("iss"), JWT_ISSUER), "{claims:?}");
-    assert_eq!(identity.claims, claims);
+    assert_eq!(identity.claims(), claims);
     let handed_on: Map<String, Value> =
         serde_json::from_str(&identity.claims_json).expect("claims_json is a JSON object");
     assert_eq!(handed_on, claims);

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use arc_swap::ArcSwapOption;
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::Identity;
 use crate::channel::ChannelName;
@@ -25,7 +25,11 @@ use crate::plugins::{
 };
 use crate::protocol::{self, ErrorCode, Refusal};
 
+mod queue;
 mod subscribers;
+
+pub(crate) use queue::Queue;
+use queue::{Offered, Pushes};
 
 pub(crate) use subscribers::Presence;
 use subscribers::{unsubscribed_push, Membership, Subscribers};
@@ -171,22 +175,11 @@ pub(crate) struct Connection {
     id: u64,
     /// Replaced by a WebSocket `refresh` (same user, new claims and expiry).
     identity: ArcSwapOption<Identity>,
-    queue: mpsc::Sender<Arc<Push>>,
-    /// Frame bytes in `queue`, released as the transport takes them off.
-    queued_bytes: AtomicUsize,
+    /// Pushes waiting for the transport, bounded in count and bytes.
+    pushes: Pushes,
     channels: Mutex<HashSet<ChannelName>>,
     cut_off: OnceLock<CutOff>,
     cut_off_signal: Notify,
-}
-
-/// What became of one push offered to a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Offered {
-    Queued,
-    /// The queue is full in pushes or in bytes: the connection must be cut off.
-    Overflowed,
-    /// Cut off already, or its transport is gone: nothing is queued.
-    Refused,
 }
 
 impl Connection {
@@ -221,26 +214,12 @@ impl Connection {
     }
 
     /// Queues `push` unless that overflows the queue's count or byte bound.
-    fn offer(&self, push: &Arc<Push>, max_bytes: usize) -> Offered {
+    fn offer(&self, push: &Arc<Push>, limits: &HubLimits) -> Offered {
         if self.cut_off.get().is_some() {
             return Offered::Refused;
         }
-        let len = push.frame.len();
-        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if before > 0 && before + len > max_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            return Offered::Overflowed;
-        }
-        match self.queue.try_send(push.clone()) {
-            Ok(()) => Offered::Queued,
-            Err(error) => {
-                self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                match error {
-                    mpsc::error::TrySendError::Full(_) => Offered::Overflowed,
-                    mpsc::error::TrySendError::Closed(_) => Offered::Refused,
-                }
-            }
-        }
+        self.pushes
+            .offer(push, limits.queue_capacity, limits.queue_max_bytes)
     }
 
     /// True the first time only.
@@ -254,36 +233,6 @@ impl Connection {
 
     fn is_subscribed(&self, channel: &ChannelName) -> bool {
         lock(&self.channels).contains(channel)
-    }
-}
-
-/// A connection's receiving end of its push queue. Taking a push off
-/// releases its bytes from the queue's byte bound.
-#[derive(Debug)]
-pub(crate) struct Queue {
-    receiver: mpsc::Receiver<Arc<Push>>,
-    connection: Arc<Connection>,
-}
-
-impl Queue {
-    /// The next push; `None` once the hub dropped the connection. Cancel-safe.
-    pub(crate) async fn recv(&mut self) -> Option<Arc<Push>> {
-        let push = self.receiver.recv().await?;
-        self.release(&push);
-        Some(push)
-    }
-
-    /// The next push if one is queued right now.
-    pub(crate) fn try_recv(&mut self) -> Option<Arc<Push>> {
-        let push = self.receiver.try_recv().ok()?;
-        self.release(&push);
-        Some(push)
-    }
-
-    fn release(&self, push: &Push) {
-        self.connection
-            .queued_bytes
-            .fetch_sub(push.frame.len(), Ordering::Relaxed);
     }
 }
 
@@ -503,21 +452,16 @@ impl Hub {
 
     /// A registration, not yet listed under its user.
     fn new_registration(&self, identity: Option<Identity>) -> (Registration, Queue) {
-        let (queue, receiver) = mpsc::channel(self.inner.limits.queue_capacity);
         let connection = Arc::new(Connection {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             identity: ArcSwapOption::from_pointee(identity),
-            queue,
-            queued_bytes: AtomicUsize::new(0),
+            pushes: Pushes::default(),
             channels: Mutex::new(HashSet::new()),
             cut_off: OnceLock::new(),
             cut_off_signal: Notify::new(),
         });
         self.inner.connections.fetch_add(1, Ordering::Relaxed);
-        let queue = Queue {
-            receiver,
-            connection: connection.clone(),
-        };
+        let queue = Queue::new(connection.clone());
         let registration = Registration {
             connection,
             hub: Arc::downgrade(&self.inner),
@@ -1105,7 +1049,7 @@ impl Inner {
         for (id, subscriber) in &subscribers.by_connection {
             if *id != except {
                 let connection = &subscriber.connection;
-                if connection.offer(push, self.limits.queue_max_bytes) == Offered::Overflowed {
+                if connection.offer(push, &self.limits) == Offered::Overflowed {
                     overflowed.push(connection.clone());
                 }
             }
@@ -1151,7 +1095,7 @@ impl Inner {
         if lock(&connection.channels).remove(channel) {
             self.detach(channel, connection.id);
             let push = unsubscribed_push(channel, reason);
-            if connection.offer(&push, self.limits.queue_max_bytes) == Offered::Overflowed {
+            if connection.offer(&push, &self.limits) == Offered::Overflowed {
                 self.cut(connection, CutOff::SlowConsumer);
             }
         }
@@ -1217,7 +1161,7 @@ impl Sink for Inner {
                     },
                 };
                 let connection = &subscriber.connection;
-                match connection.offer(push, self.limits.queue_max_bytes) {
+                match connection.offer(push, &self.limits) {
                     Offered::Queued => delivered += 1,
                     Offered::Overflowed => overflowed.push(connection.clone()),
                     Offered::Refused => {}

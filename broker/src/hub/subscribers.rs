@@ -190,7 +190,7 @@ mod tests {
     use std::collections::HashSet;
     use std::sync::{Mutex, OnceLock};
 
-    use tokio::sync::{mpsc, Notify};
+    use tokio::sync::Notify;
 
     use super::*;
 
@@ -199,12 +199,10 @@ mod tests {
     }
 
     fn connection(id: u64) -> Arc<Connection> {
-        let (queue, _receiver) = mpsc::channel(1);
         Arc::new(Connection {
             id,
             identity: Default::default(),
-            queue,
-            queued_bytes: Default::default(),
+            pushes: Default::default(),
             channels: Mutex::new(HashSet::new()),
             cut_off: OnceLock::new(),
             cut_off_signal: Notify::new(),

@@ -289,7 +289,7 @@ impl Live {
         })
     }
 
-    /// The next event; `None` after the final one or when the queue closed.
+    /// The next event; `None` after the final one.
     async fn next_event(&mut self) -> Option<Event> {
         loop {
             if self.ended {
@@ -324,7 +324,6 @@ impl Live {
                     continue;
                 }
                 push = self.queue.recv() => {
-                    let push: Arc<Push> = push?;
                     return Some(self.cursor.event(&push));
                 }
             };

@@ -22,7 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior, Sleep};
 use crate::api::ApiError;
 use crate::auth::Identity;
 use crate::engine::Position;
-use crate::hub::{self, CutOff, Push, Queue, Refused, Registration};
+use crate::hub::{self, Admission, CutOff, Push, Queue, Refused, Registration};
 use crate::plugins::PublishSource;
 use crate::protocol::{self, Command, CommandKind, ErrorCode, Recover, Refusal};
 use crate::rate::ConnectionBuckets;
@@ -79,18 +79,20 @@ pub(crate) async fn upgrade(
         .write_buffer_size(ws.write_buffer_bytes)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
-        .on_upgrade(move |socket| async move {
-            let _admission = admission;
-            let mut session = Session {
+        .on_upgrade(move |socket| {
+            let session = Session {
                 socket,
                 app,
+                _admission: admission,
                 batch: matches!(params.batch.as_deref(), Some("1" | "true")),
                 replay: Vec::new(),
                 expires: None,
                 buckets: ConnectionBuckets::default(),
                 unfed: None,
             };
-            session.run(params.token).await;
+            // The session's future is the task: no wrapper that would keep a
+            // second copy of what the session owns.
+            session.run(params.token)
         })
 }
 
@@ -103,6 +105,8 @@ fn refuse(refused: Refused) -> Response {
 struct Session {
     socket: WebSocket,
     app: AppState,
+    /// The place under `limits.max_connections`, freed with the session.
+    _admission: Admission,
     batch: bool,
     /// Recovered messages to write right after the current reply, before
     /// anything from the queue (whose messages all have larger offsets).
@@ -195,8 +199,16 @@ enum Authenticated {
 }
 
 impl Session {
-    async fn run(&mut self, url_token: Option<String>) {
-        let Some(authenticated) = self.authenticate(url_token).await else {
+    /// The whole life of one WebSocket; its future is the connection's task.
+    ///
+    /// Every future awaited after a branch of the loop's `select!` is boxed:
+    /// a coroutine is as large as its largest state, and inline the handshake,
+    /// a command or a stop would make every idle connection's task several
+    /// KiB. Boxed, an idle task is the session plus what the loop waits on
+    /// (about 1 KiB), for one short-lived allocation per command or write
+    /// (docs/performance.md).
+    async fn run(mut self, url_token: Option<String>) {
+        let Some(authenticated) = Box::pin(self.authenticate(url_token)).await else {
             return;
         };
         let (connect_id, identity) = match authenticated {
@@ -209,16 +221,7 @@ impl Session {
         let (registration, mut queue) = match self.app.hub.register(identity) {
             Ok(registered) => registered,
             Err(refused) => {
-                // Over the per-user cap, found only now (token in `connect`, or a race).
-                let refusal = refused.refusal();
-                if self
-                    .send_text(protocol::error_reply(connect_id, &refusal))
-                    .await
-                    .is_ok()
-                {
-                    self.close(close_code::TOO_MANY_CONNECTIONS, &refusal.message)
-                        .await;
-                }
+                Box::pin(self.refuse_registration(connect_id, refused)).await;
                 return;
             }
         };
@@ -246,7 +249,7 @@ impl Session {
         if let Some(id) = connect_id {
             // The `connected` reply waits for the client id, given at registration.
             let reply = self.connected_reply(id, &registration);
-            let sent = stops.race(self.send_text(reply)).await;
+            let sent = Box::pin(stops.race(self.send_text(reply))).await;
             if !self.carry_on(sent, &registration, &mut queue).await {
                 return;
             }
@@ -257,22 +260,22 @@ impl Session {
             let sent = tokio::select! {
                 biased;
                 stop = stops.next() => {
-                    self.stop(stop, &registration, &mut queue).await;
+                    Box::pin(self.stop(stop, &registration, &mut queue)).await;
                     return;
                 }
                 _ = ping.tick() => {
                     if stops.last_heard.elapsed() > pong_timeout {
-                        self.stop(Stop::NoPong, &registration, &mut queue).await;
+                        Box::pin(self.stop(Stop::NoPong, &registration, &mut queue)).await;
                         return;
                     }
-                    stops.race(self.send(Message::Ping(Default::default()))).await
+                    Box::pin(stops.race(self.send(Message::Ping(Default::default())))).await
                 }
                 frame = self.socket.recv() => {
                     let frame = match frame {
                         None => return,
                         Some(Ok(frame)) => frame,
                         Some(Err(error)) => {
-                            self.read_failed(&error).await;
+                            Box::pin(self.read_failed(&error)).await;
                             return;
                         }
                     };
@@ -281,14 +284,16 @@ impl Session {
                         // What was queued before a command goes out before its
                         // reply, so a client's `ping` is a barrier: every push
                         // caused by something answered earlier arrives first.
-                        let sent = stops.race(self.write_queued(&mut queue)).await;
+                        let sent = Box::pin(stops.race(self.write_queued(&mut queue))).await;
                         if !self.carry_on(sent, &registration, &mut queue).await {
                             return;
                         }
                     }
                     let reply = match frame {
                         Message::Text(text) => match Command::parse(&text) {
-                            Ok(command) => self.handle(command, &registration, &mut connect_answered).await,
+                            Ok(command) => {
+                                Box::pin(self.handle(command, &registration, &mut connect_answered)).await
+                            }
                             Err(e) => protocol::error_reply(e.id, &e.refusal),
                         },
                         Message::Binary(_) => protocol::error_reply(
@@ -299,11 +304,10 @@ impl Session {
                         Message::Close(_) => return,
                     };
                     stops.rearm(self.expires);
-                    stops.race(self.send_reply(reply)).await
+                    Box::pin(stops.race(self.send_reply(reply))).await
                 }
                 push = queue.recv() => {
-                    let Some(push) = push else { return };
-                    stops.race(self.write_pushes(push, &mut queue)).await
+                    Box::pin(stops.race(self.write_pushes(push, &mut queue))).await
                 }
             };
             if !self.carry_on(sent, &registration, &mut queue).await {
@@ -341,9 +345,23 @@ impl Session {
                 false
             }
             Err(stop) => {
-                self.stop(stop, registration, queue).await;
+                Box::pin(self.stop(stop, registration, queue)).await;
                 false
             }
+        }
+    }
+
+    /// Over the per-user cap, found only at registration (token in `connect`,
+    /// or a race with another connection of the user).
+    async fn refuse_registration(&mut self, connect_id: Option<u64>, refused: Refused) {
+        let refusal = refused.refusal();
+        if self
+            .send_text(protocol::error_reply(connect_id, &refusal))
+            .await
+            .is_ok()
+        {
+            self.close(close_code::TOO_MANY_CONNECTIONS, &refusal.message)
+                .await;
         }
     }
 
