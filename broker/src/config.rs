@@ -212,7 +212,9 @@ pub struct WebSocketConfig {
     /// this long: the peer stopped reading. Also the socket-level write timeout of every
     /// connection of every listener (SSE streams, HTTP answers).
     pub write_timeout_seconds: u64,
-    /// Read buffer per connection; small buffers keep idle connections cheap.
+    /// Read buffer per connection, allocated up front, and the most one read
+    /// takes (a larger frame grows it): small buffers keep idle connections
+    /// cheap; commands are rarely larger than 512 bytes.
     pub read_buffer_bytes: usize,
     /// Write buffer per connection.
     pub write_buffer_bytes: usize,
@@ -368,7 +370,7 @@ impl Default for WebSocketConfig {
             pong_timeout_seconds: 60,
             connect_timeout_seconds: 10,
             write_timeout_seconds: 10,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 512,
             write_buffer_bytes: 4096,
         }
     }
@@ -1487,7 +1489,7 @@ mod tests {
         assert_eq!(config.websocket.connect_timeout_seconds, 10);
         assert_eq!(config.websocket.write_timeout_seconds, 10);
         assert_eq!(config.limits.queue_max_bytes, 8 * 1024 * 1024);
-        assert_eq!(config.websocket.read_buffer_bytes, 1024);
+        assert_eq!(config.websocket.read_buffer_bytes, 512);
         assert_eq!(config.websocket.write_buffer_bytes, 4096);
         assert_eq!(config.sse.keepalive_seconds, 15);
         assert_eq!(config.sse.retry_ms, 3000);

@@ -242,8 +242,10 @@ pub(crate) struct Hub {
     inner: Arc<Inner>,
 }
 
-/// One user's live connections, by connection id.
-type UserConnections = HashMap<u64, Weak<Connection>>;
+/// One user's live connections with their ids: a few at most
+/// (`limits.max_connections_per_user`), so a list, not a map (a map costs
+/// every connected user about 80 bytes more).
+type UserConnections = Vec<(u64, Weak<Connection>)>;
 
 struct Inner {
     shards: Box<[Mutex<HashMap<ChannelName, Subscribers>>]>,
@@ -302,7 +304,7 @@ impl Drop for Registration {
             if let Some(identity) = self.connection.identity() {
                 let mut users = lock(&inner.users);
                 if let Some(connections) = users.get_mut(identity.user.as_str()) {
-                    connections.remove(&self.connection.id);
+                    connections.retain(|(id, _)| *id != self.connection.id);
                     if connections.is_empty() {
                         users.remove(identity.user.as_str());
                     }
@@ -410,7 +412,7 @@ impl Hub {
     /// connections as allowed; [`Self::register`] checks again.
     pub(crate) fn check_user(&self, user: &str) -> Result<(), Refused> {
         let max = self.inner.limits.max_connections_per_user;
-        let open = lock(&self.inner.users).get(user).map_or(0, HashMap::len);
+        let open = lock(&self.inner.users).get(user).map_or(0, Vec::len);
         if open >= max {
             return Err(self.refused(Refused::UserFull { max }));
         }
@@ -440,13 +442,13 @@ impl Hub {
         };
         let max = self.inner.limits.max_connections_per_user;
         let mut users = lock(&self.inner.users);
-        let connections = users.entry(user).or_default();
+        let connections = users.entry(user).or_insert_with(|| Vec::with_capacity(1));
         if connections.len() >= max {
             drop(users);
             return Err(self.refused(Refused::UserFull { max }));
         }
         let (registration, queue) = self.new_registration(identity);
-        connections.insert(registration.id, Arc::downgrade(&registration.connection));
+        connections.push((registration.id, Arc::downgrade(&registration.connection)));
         Ok((registration, queue))
     }
 
@@ -673,10 +675,14 @@ impl Hub {
     }
 
     /// Ends a subscription; unsubscribing from a channel one is not
-    /// subscribed to is not an error (the outcome is the same).
+    /// subscribed to is not an error (the outcome is the same). Pushes of
+    /// the channel still queued are dropped: nothing of it follows the
+    /// `unsubscribed` reply.
     pub(crate) fn unsubscribe(&self, connection: &Connection, channel: &ChannelName) {
         if lock(&connection.channels).remove(channel) {
             self.inner.detach(channel, connection.id);
+            // Detached: no fan-out queues anything of the channel from here on.
+            connection.pushes.forget(channel);
         }
     }
 
@@ -785,7 +791,7 @@ impl Hub {
     pub(crate) fn disconnect_user(&self, user: &str) -> usize {
         let connections: Vec<Arc<Connection>> = lock(&self.inner.users)
             .get(user)
-            .map(|c| c.values().filter_map(Weak::upgrade).collect())
+            .map(|c| c.iter().filter_map(|(_, c)| c.upgrade()).collect())
             .unwrap_or_default();
         for connection in &connections {
             self.inner.cut(connection, CutOff::Disconnected);

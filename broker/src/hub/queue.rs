@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::{lock, Connection, Push};
+use crate::channel::ChannelName;
 
 /// A drained queue keeps up to this many slots; a larger buffer left by a
 /// burst is freed once the queue is empty again.
@@ -66,6 +67,22 @@ impl Pushes {
         drop(state);
         self.pushed.notify_one();
         Offered::Queued
+    }
+
+    /// Drops what is queued for `channel`: called once the connection has
+    /// left it, so that nothing of the channel follows the `unsubscribed`
+    /// reply (a fan-out that raced the unsubscribe may have queued a push).
+    pub(super) fn forget(&self, channel: &ChannelName) {
+        let mut state = lock(&self.state);
+        let mut freed = 0;
+        state.pushes.retain(|push| {
+            let keep = push.channel != *channel;
+            if !keep {
+                freed += push.frame.len();
+            }
+            keep
+        });
+        state.bytes -= freed;
     }
 
     /// Frame bytes queued right now.

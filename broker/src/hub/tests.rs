@@ -122,6 +122,35 @@ async fn a_full_queue_detaches_the_connection_at_once() {
 }
 
 #[tokio::test]
+async fn unsubscribing_drops_what_is_still_queued_for_the_channel_only() {
+    let (hub, _dir) = hub(16, usize::MAX);
+    let (conn, mut queue) = hub.register(Some(identity("ann"))).unwrap();
+    let other = ChannelName::parse("public:other").unwrap();
+    hub.subscribe(&conn, &news()).await.unwrap();
+    hub.subscribe(&conn, &other).await.unwrap();
+    // Queued, not yet taken off by the transport (a fan-out that raced the
+    // unsubscribe looks the same to the queue).
+    publish(&hub, r#"{"n":1}"#).await;
+    hub.publish(
+        std::slice::from_ref(&other),
+        r#"{"n":2}"#,
+        PublishSource::Http,
+        None,
+    )
+    .await
+    .unwrap();
+    publish(&hub, r#"{"n":3}"#).await;
+    hub.unsubscribe(&conn, &news());
+    let left: Vec<_> = std::iter::from_fn(|| queue.try_recv()).collect();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].channel, other);
+    assert_eq!(conn.pushes.bytes(), 0);
+    // And nothing new arrives for it.
+    publish(&hub, r#"{"n":4}"#).await;
+    assert_eq!(drained(&mut queue), 0);
+}
+
+#[tokio::test]
 async fn the_byte_bound_cuts_off_like_the_count_and_is_released_on_receipt() {
     let (hub, _dir) = hub(1024, 2000);
     let (conn, mut queue) = hub.register(Some(identity("ann"))).unwrap();

@@ -2,7 +2,7 @@
 //! drains the connection's push queue, flushing once per batch.
 //!
 //! Every write is raced against what ends a session (the hub's cut-off,
-//! shutdown, token expiry, the pong deadline) and bounded by
+//! shutdown, the pong deadline) and bounded by
 //! `websocket.write_timeout_seconds`, so a peer that stops reading at the
 //! TCP level cannot keep the task, or its queue, alive.
 
@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::time::{Instant, MissedTickBehavior, Sleep};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::api::ApiError;
 use crate::auth::Identity;
@@ -80,7 +80,7 @@ pub(crate) async fn upgrade(
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
         .on_upgrade(move |socket| {
-            let session = Session {
+            let mut session = Session {
                 socket,
                 app,
                 _admission: admission,
@@ -90,9 +90,10 @@ pub(crate) async fn upgrade(
                 buckets: ConnectionBuckets::default(),
                 unfed: None,
             };
-            // The session's future is the task: no wrapper that would keep a
-            // second copy of what the session owns.
-            session.run(params.token)
+            // Made outside the task's future and only borrowed by it: an
+            // `async fn` taking the session by value, or a session built
+            // inside the block, would keep a second copy of it in the task.
+            async move { session.run(params.token).await }
         })
 }
 
@@ -140,13 +141,13 @@ enum WriteError {
     Stalled,
 }
 
-/// The session's stops: the hub's cut-off, shutdown, token expiry (armed
-/// while `armed` is `Some`) and the pong deadline. Pinned once per session.
+/// The session's stops that may come during a write: the hub's cut-off,
+/// shutdown and the pong deadline. Pinned once per session. (The token's
+/// end is the loop's [`Timer`]: a write in flight then completes, or meets
+/// its write timeout, first.)
 struct Stops<'a, C, S> {
     cut_off: Pin<&'a mut C>,
     shutting_down: Pin<&'a mut S>,
-    expiry: Pin<&'a mut Sleep>,
-    armed: Option<Instant>,
     /// When the peer last sent anything (a pong, a command).
     last_heard: Instant,
     pong_timeout: Duration,
@@ -160,7 +161,6 @@ impl<C: Future<Output = CutOff>, S: Future> Stops<'_, C, S> {
             biased;
             reason = self.cut_off.as_mut() => Stop::Cut(reason),
             _ = self.shutting_down.as_mut() => Stop::Shutdown,
-            () = self.expiry.as_mut(), if self.armed.is_some() => Stop::Expired,
         }
     }
 
@@ -178,15 +178,59 @@ impl<C: Future<Output = CutOff>, S: Future> Stops<'_, C, S> {
             () = async { tokio::time::sleep_until(pong_deadline).await } => Err(Stop::NoPong),
         }
     }
+}
+
+/// One timer for the next ping and the token's end, whichever is due
+/// first: a second timer would cost every connection's task 112 bytes more.
+struct Timer {
+    ticks: Interval,
+    ping_every: Duration,
+    /// When the token in force runs out; `None` for anonymous connections.
+    expires: Option<Instant>,
+}
+
+/// What the [`Timer`] says is due.
+enum Due {
+    Ping,
+    Expired,
+}
+
+impl Timer {
+    fn new(ping_every: Duration, expires: Option<Instant>) -> Self {
+        let mut ticks = tokio::time::interval(ping_every);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut timer = Timer {
+            ticks,
+            ping_every,
+            expires,
+        };
+        timer.arm();
+        timer
+    }
+
+    /// The next ping or the token's end. Cancel-safe.
+    async fn due(&mut self) -> Due {
+        self.ticks.tick().await;
+        if self.expires.is_some_and(|at| Instant::now() >= at) {
+            return Due::Expired;
+        }
+        self.arm();
+        Due::Ping
+    }
 
     /// Follows a `refresh`, which moves the token's end.
-    fn rearm(&mut self, expires: Option<Instant>) {
-        if expires != self.armed {
-            self.armed = expires;
-            if let Some(at) = expires {
-                self.expiry.as_mut().reset(at);
-            }
+    fn set_expiry(&mut self, expires: Option<Instant>) {
+        if expires != self.expires {
+            self.expires = expires;
+            self.arm();
         }
+    }
+
+    /// Due next: one ping interval from now, or the token's end if sooner.
+    fn arm(&mut self) {
+        let ping = Instant::now() + self.ping_every;
+        self.ticks
+            .reset_at(self.expires.map_or(ping, |end| end.min(ping)));
     }
 }
 
@@ -207,41 +251,26 @@ impl Session {
     /// KiB. Boxed, an idle task is the session plus what the loop waits on
     /// (about 1 KiB), for one short-lived allocation per command or write
     /// (docs/performance.md).
-    async fn run(mut self, url_token: Option<String>) {
-        let Some(authenticated) = Box::pin(self.authenticate(url_token)).await else {
+    async fn run(&mut self, url_token: Option<String>) {
+        let Some((registration, mut queue, connect_id)) = Box::pin(self.establish(url_token)).await
+        else {
             return;
-        };
-        let (connect_id, identity) = match authenticated {
-            Authenticated::Implicitly(identity) => (None, identity),
-            Authenticated::ByConnect(id, identity) => (Some(id), Some(identity)),
-        };
-        self.expires = identity
-            .as_ref()
-            .and_then(|i| super::token_deadline(i, self.app.config.jwt.leeway_seconds));
-        let (registration, mut queue) = match self.app.hub.register(identity) {
-            Ok(registered) => registered,
-            Err(refused) => {
-                Box::pin(self.refuse_registration(connect_id, refused)).await;
-                return;
-            }
         };
         let ws = &self.app.config.websocket;
         let pong_timeout = Duration::from_secs(ws.pong_timeout_seconds);
-        let mut ping = tokio::time::interval(Duration::from_secs(ws.ping_interval_seconds.max(1)));
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        ping.reset();
+        let mut timer = Timer::new(
+            Duration::from_secs(ws.ping_interval_seconds.max(1)),
+            self.expires,
+        );
         let mut shutdown = self.app.shutdown.clone();
         // Pinned once: re-creating these per loop turn would register and
         // unregister a waiter (a mutex round trip) for every push written.
         let cut_off = registration.cut_off();
         let shutting_down = shutdown.changed();
-        let expiry = tokio::time::sleep_until(self.expires.unwrap_or_else(Instant::now));
-        tokio::pin!(cut_off, shutting_down, expiry);
+        tokio::pin!(cut_off, shutting_down);
         let mut stops = Stops {
             cut_off,
             shutting_down,
-            expiry,
-            armed: self.expires,
             last_heard: Instant::now(),
             pong_timeout,
         };
@@ -263,7 +292,11 @@ impl Session {
                     Box::pin(self.stop(stop, &registration, &mut queue)).await;
                     return;
                 }
-                _ = ping.tick() => {
+                due = timer.due() => {
+                    if matches!(due, Due::Expired) {
+                        Box::pin(self.stop(Stop::Expired, &registration, &mut queue)).await;
+                        return;
+                    }
                     if stops.last_heard.elapsed() > pong_timeout {
                         Box::pin(self.stop(Stop::NoPong, &registration, &mut queue)).await;
                         return;
@@ -303,7 +336,7 @@ impl Session {
                         Message::Ping(_) | Message::Pong(_) => continue,
                         Message::Close(_) => return,
                     };
-                    stops.rearm(self.expires);
+                    timer.set_expiry(self.expires);
                     Box::pin(stops.race(self.send_reply(reply))).await
                 }
                 push = queue.recv() => {
@@ -347,6 +380,29 @@ impl Session {
             Err(stop) => {
                 Box::pin(self.stop(stop, registration, queue)).await;
                 false
+            }
+        }
+    }
+
+    /// Authenticates and registers with the hub: the registration, its
+    /// queue and the id of a `connect` still to be answered. `None` when
+    /// the client was refused (and told).
+    async fn establish(
+        &mut self,
+        url_token: Option<String>,
+    ) -> Option<(Registration, Queue, Option<u64>)> {
+        let (connect_id, identity) = match self.authenticate(url_token).await? {
+            Authenticated::Implicitly(identity) => (None, identity),
+            Authenticated::ByConnect(id, identity) => (Some(id), Some(identity)),
+        };
+        self.expires = identity
+            .as_ref()
+            .and_then(|i| super::token_deadline(i, self.app.config.jwt.leeway_seconds));
+        match self.app.hub.register(identity) {
+            Ok((registration, queue)) => Some((registration, queue, connect_id)),
+            Err(refused) => {
+                self.refuse_registration(connect_id, refused).await;
+                None
             }
         }
     }
