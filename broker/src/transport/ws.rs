@@ -249,8 +249,8 @@ impl Session {
     /// a coroutine is as large as its largest state, and inline the handshake,
     /// a command or a stop would make every idle connection's task several
     /// KiB. Boxed, an idle task is the session plus what the loop waits on
-    /// (about 1 KiB), for one short-lived allocation per command or write
-    /// (docs/performance.md).
+    /// (about 1.5 KiB; `-Zprint-type-sizes` shows the states), for one
+    /// short-lived allocation per command or write (docs/performance.md).
     async fn run(&mut self, url_token: Option<String>) {
         let Some((registration, mut queue, connect_id)) = Box::pin(self.establish(url_token)).await
         else {
