@@ -231,11 +231,14 @@ pub struct SseConfig {
 }
 
 /// `[engine]`: which engine keeps offsets, epochs and history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// The engine kind.
     pub kind: EngineKind,
+    /// For `kind = "redis"`: `redis://[user:password@]host[:port][/db]`, or `rediss://…`
+    /// for TLS. Holds a password: never logged.
+    pub redis_url: Option<String>,
     /// Cap on the messages kept per channel, whatever the plugin asks for.
     pub max_history_size: u32,
     /// Cap on how long a message is kept, whatever the plugin asks for.
@@ -255,12 +258,15 @@ pub enum EngineKind {
     /// In this process's memory: one node, history lost on restart.
     #[default]
     Memory,
+    /// On a Redis server shared by several nodes (`engine.redis_url`).
+    Redis,
 }
 
 impl fmt::Display for EngineKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             EngineKind::Memory => "memory",
+            EngineKind::Redis => "redis",
         })
     }
 }
@@ -389,6 +395,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             kind: EngineKind::Memory,
+            redis_url: None,
             max_history_size: 10_000,
             max_history_age_seconds: 7 * 24 * 3600,
             channel_idle_seconds: 30,
@@ -430,6 +437,19 @@ impl fmt::Debug for Config {
             .field("sse", &self.sse)
             .field("engine", &self.engine)
             .field("rate_limits", &self.rate_limits)
+            .finish()
+    }
+}
+
+impl fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("kind", &self.kind)
+            .field("redis_url", &Redacted(&self.redis_url))
+            .field("max_history_size", &self.max_history_size)
+            .field("max_history_age_seconds", &self.max_history_age_seconds)
+            .field("channel_idle_seconds", &self.channel_idle_seconds)
+            .field("max_history_bytes", &self.max_history_bytes)
             .finish()
     }
 }
@@ -815,6 +835,29 @@ impl Config {
             if value == 0 {
                 return Err(Problem::new(&[key], "must be greater than 0"));
             }
+        }
+        match (&self.engine.kind, &self.engine.redis_url) {
+            (EngineKind::Redis, None) => {
+                return Err(Problem::new(
+                    &[("engine", "redis_url")],
+                    "must be set when engine.kind is \"redis\" (redis://host:6379)",
+                ))
+            }
+            (EngineKind::Redis, Some(url))
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) =>
+            {
+                return Err(Problem::new(
+                    &[("engine", "redis_url")],
+                    "must start with redis:// or rediss:// (TLS)",
+                ))
+            }
+            (EngineKind::Memory, Some(_)) => {
+                return Err(Problem::new(
+                    &[("engine", "redis_url")],
+                    "is set but engine.kind is \"memory\"; set engine.kind = \"redis\" to use it",
+                ))
+            }
+            _ => {}
         }
         let rate_limits = &self.rate_limits;
         for (rate, burst, burst_key) in [
@@ -1552,6 +1595,39 @@ kind = "memory"
     }
 
     #[test]
+    fn the_redis_engine_needs_its_url_and_never_logs_the_password() {
+        let message = load_env(&[("STELLWERK_ENGINE_KIND", "redis")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("engine.redis_url must be set"),
+            "{message}"
+        );
+        let message = load_env(&[
+            ("STELLWERK_ENGINE_KIND", "redis"),
+            ("STELLWERK_ENGINE_REDIS_URL", "localhost:6379"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("redis:// or rediss://"), "{message}");
+        let config = load_env(&[
+            ("STELLWERK_ENGINE_KIND", "redis"),
+            (
+                "STELLWERK_ENGINE_REDIS_URL",
+                "redis://:hunter2@10.0.0.5:6379/2",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(config.engine.kind, EngineKind::Redis);
+        assert_eq!(
+            config.engine.redis_url.as_deref(),
+            Some("redis://:hunter2@10.0.0.5:6379/2")
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(config.summary().contains("engine redis"));
+    }
+
+    #[test]
     fn section_integer_and_boolean_variables_are_typed() {
         let config = load_env(&[
             ("STELLWERK_LIMITS_MAX_FRAME_BYTES", "2048"),
@@ -1652,12 +1728,12 @@ kind = "memory"
             "{message}"
         );
 
-        let file = TempFile::new("engine.kind = \"redis\"\n");
+        let file = TempFile::new("engine.kind = \"nats\"\n");
         let message = Config::load(Some(&file.0), Vec::new())
             .unwrap_err()
             .to_string();
         assert!(
-            message.contains("line 1: engine.kind: unknown variant `redis`"),
+            message.contains("line 1: engine.kind: unknown variant `nats`"),
             "{message}"
         );
     }
@@ -1709,7 +1785,7 @@ kind = "memory"
             ("STELLWERK_LIMITS_QUEUE_CAPACITY", "-1"),
             ("STELLWERK_LISTEN", "localhost"),
             ("STELLWERK_ALLOW_ANONYMOUS", "maybe"),
-            ("STELLWERK_ENGINE_KIND", "redis"),
+            ("STELLWERK_ENGINE_KIND", "nats"),
             ("STELLWERK_API_KEY", ""),
         ] {
             let message = load_env(&[(var, value)]).unwrap_err().to_string();
@@ -1801,7 +1877,8 @@ kind = "memory"
                 let value = match var.as_str() {
                     "STELLWERK_LISTEN" | "STELLWERK_ADMIN_LISTEN" => "127.0.0.1:0",
                     "STELLWERK_ALLOW_ANONYMOUS" | "STELLWERK_PLUGINS_WATCH" => "true",
-                    "STELLWERK_ENGINE_KIND" => "memory",
+                    "STELLWERK_ENGINE_KIND" => "redis",
+                    "STELLWERK_ENGINE_REDIS_URL" => "redis://127.0.0.1:6379/",
                     "STELLWERK_JWT_PUBLIC_KEY_FILE" => "/keys/pub.pem",
                     "STELLWERK_JWT_LEEWAY_SECONDS" => "60",
                     "STELLWERK_ADMIN_TOKEN" => "admin",

@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::{ApiKey, AuthError, TokenVerifier};
-use crate::config::Config;
-use crate::engine::{Engine, HistoryPolicy, Lifetimes, MemoryEngine};
+use crate::config::{Config, EngineKind};
+use crate::engine::{Engine, HistoryPolicy, Lifetimes, MemoryEngine, RedisEngine};
 use crate::hub::{Hub, HubLimits};
 use crate::listener::{self, Timeouts};
 use crate::plugins::{LiveRegistry, PluginError, PluginLimits, Registry, Reloader};
@@ -30,6 +30,9 @@ pub enum ServeError {
     /// A plugin failed to load (the message names the file and why).
     #[error("plugins: {0}")]
     Plugins(String),
+    /// The engine's store could not be reached at start (Redis).
+    #[error("{0}")]
+    Engine(String),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -116,6 +119,18 @@ pub async fn run(
         .await
         .map_err(|e| std::io::Error::other(format!("plugin loader panicked: {e}")))?
         .map_err(|e: PluginError| ServeError::Plugins(plugins::one_line(&e)))?;
+    let lifetimes = Lifetimes {
+        channel_idle: Duration::from_secs(config.engine.channel_idle_seconds),
+        max_history_bytes: config.engine.max_history_bytes,
+    };
+    let redis = match (&config.engine.kind, &config.engine.redis_url) {
+        (EngineKind::Redis, Some(url)) => Some(
+            RedisEngine::connect(url, lifetimes)
+                .await
+                .map_err(|e| ServeError::Engine(e.to_string()))?,
+        ),
+        _ => None,
+    };
     let hub = Hub::new(
         Arc::new(LiveRegistry::new(registry)),
         HubLimits {
@@ -130,13 +145,10 @@ pub async fn run(
             max_connections_per_user: config.limits.max_connections_per_user,
         },
         |sink| -> Arc<dyn Engine> {
-            MemoryEngine::start(
-                sink,
-                Lifetimes {
-                    channel_idle: Duration::from_secs(config.engine.channel_idle_seconds),
-                    max_history_bytes: config.engine.max_history_bytes,
-                },
-            )
+            match redis {
+                Some(connected) => connected.start(sink),
+                None => MemoryEngine::start(sink, lifetimes),
+            }
         },
     );
     let plugins = Reloader::new(config.plugins.dir.clone(), limits, hub.clone());

@@ -11,11 +11,13 @@
 //! - [`sse`]: a Server-Sent Events client over a raw HTTP byte stream.
 //! - [`plugin_dir`]: a temporary plugin directory with copies of built components.
 //! - [`raw`]: a hand-rolled WebSocket over a plain TCP socket, for a client that stops reading.
+//! - [`redis`]: a real `redis-server` on a free port, for the Redis engine and several nodes.
 //! - [`tokens`]: hand-crafted tokens that no JWT library would produce (`alg: none`).
 
 pub mod binary;
 pub mod plugin_dir;
 pub mod raw;
+pub mod redis;
 pub mod server;
 pub mod sse;
 pub mod tokens;

@@ -31,6 +31,8 @@ pub struct ServerBuilder {
     plugins_dir: PathBuf,
     /// `RLIMIT_NOFILE` (soft and hard) for the broker, through `prlimit`.
     open_files: Option<u32>,
+    /// API key and JWT secret; random per broker unless shared ([`Self::shared_with`]).
+    secrets: Option<(String, String)>,
 }
 
 impl Default for ServerBuilder {
@@ -41,6 +43,7 @@ impl Default for ServerBuilder {
             args: Vec::new(),
             plugins_dir: default_plugins_dir(),
             open_files: None,
+            secrets: None,
         }
     }
 }
@@ -80,11 +83,20 @@ impl ServerBuilder {
         self
     }
 
+    /// Uses `other`'s API key and JWT secret, as the nodes of one cluster do: one token and
+    /// one key work on every node.
+    pub fn shared_with(mut self, other: &Server) -> Self {
+        self.secrets = Some((other.api_key.clone(), other.jwt_secret.clone()));
+        self
+    }
+
     /// Starts the broker and waits until it says where it listens.
     pub async fn start(self) -> Server {
         require_plugins(&self.plugins_dir);
-        let api_key = random_hex(24);
-        let jwt_secret = random_hex(32);
+        let (api_key, jwt_secret) = self
+            .secrets
+            .clone()
+            .unwrap_or_else(|| (random_hex(24), random_hex(32)));
         let mut cmd = self.command(&api_key, &jwt_secret);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -446,6 +458,18 @@ impl Server {
             req = req.bearer_auth(key);
         }
         let resp = req.send().await.expect("POST /api/publish");
+        status_and_json(resp).await
+    }
+
+    /// `GET path` with the API key, as Stud.IP's PHP asks: status and JSON body.
+    pub async fn api_get(&self, path_and_query: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(self.http_url(path_and_query))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path_and_query}: {e}"));
         status_and_json(resp).await
     }
 

@@ -59,7 +59,7 @@ async fn ws_cycle(
     let claims = claims(&user, "autor");
     let token = stellwerk::token(JWT_SECRET, &user, Some(&claims))?;
     // Half the connections bring the token in the URL, half in `connect`.
-    let mut s = if cycle % 2 == 0 {
+    let mut s = if cycle.is_multiple_of(2) {
         WsSession::open(shared.addr, &format!("/ws?token={token}"))
             .await
             .context("connect")?
@@ -211,7 +211,7 @@ async fn ws_life(
         }
         s.read_for(tick).await.context("read")?;
     }
-    if cycle % 2 == 0 {
+    if cycle.is_multiple_of(2) {
         let received = s.unsubscribe(NEWS).await.context("unsubscribe")?;
         shared.churn_checked(NEWS, &received);
         shared.count("unsubscribes");

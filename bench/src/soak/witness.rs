@@ -42,7 +42,11 @@ impl Witness {
     /// and `tutor`, so that the chat has both of the `course` plugin's audiences).
     pub(crate) async fn ws(addr: SocketAddr, index: usize) -> Result<Self> {
         let user = ws_user(index);
-        let status = if index % 2 == 0 { "autor" } else { "tutor" };
+        let status = if index.is_multiple_of(2) {
+            "autor"
+        } else {
+            "tutor"
+        };
         let token = stellwerk::token(JWT_SECRET, &user, Some(&claims(&user, status)))?;
         let batch = if index % 2 == 1 { "&batch=1" } else { "" };
         let mut s = WsSession::open(addr, &format!("/ws?token={token}{batch}")).await?;

@@ -74,6 +74,13 @@ fn render(app: &AppState) -> String {
             hub.cut_offs,
         ),
         (
+            "stellwerk_stream_interruptions_total",
+            "counter",
+            "Channel streams interrupted (engine connection lost, offset gap, fan-out backlog \
+             dropped); their subscribers were told to recover.",
+            hub.interruptions,
+        ),
+        (
             "stellwerk_engine_channels",
             "gauge",
             "Channels whose epoch, offset and history the engine holds.",

@@ -20,8 +20,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    Attach, Attached, Engine, EngineFuture, EngineStats, HistoryPolicy, Position, Publication,
-    Sink, Stored,
+    new_epoch, Attached, Engine, EngineFuture, EngineStats, HistoryPolicy, Outgoing, Position,
+    Publication, Sink, Stored,
 };
 use crate::channel::ChannelName;
 
@@ -60,7 +60,8 @@ impl Lifetimes {
 }
 
 /// Channel logs in sharded mutexes; a publication is handed to the sink while
-/// its shard is locked, which is what keeps deliveries in offset order.
+/// its shard is locked, which is what keeps deliveries in offset order (the
+/// sink only queues it).
 pub(crate) struct MemoryEngine {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
@@ -334,11 +335,6 @@ impl Entry {
     }
 }
 
-/// A fresh stream generation: random, so a restarted broker never reuses one.
-fn new_epoch() -> Arc<str> {
-    Arc::from(format!("{:012x}", rand::random::<u64>() >> 16))
-}
-
 impl MemoryEngine {
     /// An engine without a sweeper (see [`Self::start`]).
     pub(crate) fn new(sink: Weak<dyn Sink>, lifetimes: Lifetimes) -> Self {
@@ -442,7 +438,7 @@ impl MemoryEngine {
             };
             let position = log.position();
             if let Some(sink) = self.sink.upgrade() {
-                sink.deliver(&publication);
+                sink.deliver(publication);
             }
             (position, over_budget)
         };
@@ -502,7 +498,6 @@ impl MemoryEngine {
         channel: &ChannelName,
         recover_from: Option<&Position>,
         policy: HistoryPolicy,
-        attach: Attach<'_>,
     ) -> Attached {
         let now = Instant::now();
         let mut shard = self.shard(channel);
@@ -511,7 +506,6 @@ impl MemoryEngine {
         log.subscribers += 1;
         let position = log.position();
         let missed = recover_from.and_then(|from| log.after(from, policy, now));
-        attach(&position);
         Attached { position, missed }
     }
 
@@ -604,24 +598,24 @@ impl MemoryEngine {
 }
 
 impl Engine for MemoryEngine {
-    fn publish<'a>(
-        &'a self,
-        channel: &'a ChannelName,
-        data: Arc<str>,
-        history: HistoryPolicy,
-    ) -> EngineFuture<'a, Position> {
-        let position = self.publish_now(channel, data, history);
-        Box::pin(std::future::ready(Ok(position)))
+    /// Cannot fail, so a batch is all-or-nothing without more ado.
+    fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> EngineFuture<'a, Vec<Position>> {
+        let positions = batch
+            .iter()
+            .map(|o| self.publish_now(&o.channel, o.data.clone(), o.history))
+            .collect();
+        Box::pin(std::future::ready(Ok(positions)))
     }
 
+    /// The sink is called under the shard lock, so once the log is found
+    /// attached every later publication reaches it: no wait needed.
     fn attach<'a>(
         &'a self,
         channel: &'a ChannelName,
         recover_from: Option<&'a Position>,
         history: HistoryPolicy,
-        attach: Attach<'a>,
     ) -> EngineFuture<'a, Attached> {
-        let attached = self.attach_now(channel, recover_from, history, attach);
+        let attached = self.attach_now(channel, recover_from, history);
         Box::pin(std::future::ready(Ok(attached)))
     }
 
@@ -667,11 +661,31 @@ mod tests {
     #[derive(Default)]
     struct Recorder(Mutex<Vec<(String, u64, String)>>);
     impl Sink for Recorder {
-        fn deliver(&self, p: &Publication) {
+        fn deliver(&self, p: Publication) {
             self.0
                 .lock()
                 .unwrap()
                 .push((p.channel.to_string(), p.offset, p.data.to_string()));
+        }
+        fn interrupted(&self, _: Option<&ChannelName>) {}
+    }
+
+    impl MemoryEngine {
+        async fn publish_one(
+            &self,
+            channel: &ChannelName,
+            data: Arc<str>,
+            history: HistoryPolicy,
+        ) -> Result<Position, super::super::EngineError> {
+            let outgoing = Outgoing {
+                channel: channel.clone(),
+                data,
+                history,
+            };
+            Ok(self
+                .publish(std::slice::from_ref(&outgoing))
+                .await?
+                .remove(0))
         }
     }
 
@@ -714,7 +728,7 @@ mod tests {
 
     async fn attach(engine: &MemoryEngine, channel: &ChannelName) -> Position {
         engine
-            .attach(channel, None, policy(10), Box::new(|_| {}))
+            .attach(channel, None, policy(10))
             .await
             .unwrap()
             .position
@@ -727,7 +741,7 @@ mod tests {
         from: Position,
     ) -> Option<Vec<u64>> {
         let missed = engine
-            .attach(channel, Some(&from), policy(10), Box::new(|_| {}))
+            .attach(channel, Some(&from), policy(10))
             .await
             .unwrap()
             .missed
@@ -744,15 +758,15 @@ mod tests {
         let a = channel("public:a");
         let b = channel("public:b");
         let p1 = engine
-            .publish(&a, Arc::from("1"), policy(10))
+            .publish_one(&a, Arc::from("1"), policy(10))
             .await
             .unwrap();
         let p2 = engine
-            .publish(&a, Arc::from("2"), policy(10))
+            .publish_one(&a, Arc::from("2"), policy(10))
             .await
             .unwrap();
         let q1 = engine
-            .publish(&b, Arc::from("3"), policy(10))
+            .publish_one(&b, Arc::from("3"), policy(10))
             .await
             .unwrap();
         assert_eq!((p1.offset, p2.offset, q1.offset), (1, 2, 1));
@@ -773,24 +787,16 @@ mod tests {
     async fn attach_sees_the_latest_position() {
         let (engine, _sink) = engine(u64::MAX);
         let a = channel("public:a");
-        let fresh = engine
-            .attach(&a, None, policy(10), Box::new(|_| {}))
-            .await
-            .unwrap();
+        let fresh = engine.attach(&a, None, policy(10)).await.unwrap();
         assert!(fresh.missed.is_none(), "no recovery was asked for");
         let fresh = fresh.position;
         assert_eq!(fresh.offset, 0);
         engine
-            .publish(&a, Arc::from("1"), policy(10))
+            .publish_one(&a, Arc::from("1"), policy(10))
             .await
             .unwrap();
-        let mut seen = None;
-        let pos = engine
-            .attach(&a, None, policy(10), Box::new(|p| seen = Some(p.offset)))
-            .await
-            .unwrap()
-            .position;
-        assert_eq!((pos.offset, seen), (1, Some(1)));
+        let pos = engine.attach(&a, None, policy(10)).await.unwrap().position;
+        assert_eq!(pos.offset, 1);
         assert_eq!(pos.epoch, fresh.epoch);
         assert_eq!(subscribers(&engine, &a), Some(2), "both attaches count");
     }
@@ -801,7 +807,7 @@ mod tests {
         let a = channel("public:a");
         for i in 1..=1000 {
             engine
-                .publish(&a, Arc::from(format!("{:03}", i % 1000)), policy(3))
+                .publish_one(&a, Arc::from(format!("{:03}", i % 1000)), policy(3))
                 .await
                 .unwrap();
         }
@@ -814,7 +820,10 @@ mod tests {
             lock(&engine.ages).nodes.len() <= 4,
             "the age list reuses its nodes: it never holds more than were kept at once"
         );
-        engine.publish(&a, Arc::from("x"), policy(0)).await.unwrap();
+        engine
+            .publish_one(&a, Arc::from("x"), policy(0))
+            .await
+            .unwrap();
         let (_, kept) = engine.history(&a, 10, None, policy(0)).await.unwrap();
         assert!(kept.is_empty(), "size 0 keeps nothing");
         assert_eq!(
@@ -834,7 +843,7 @@ mod tests {
         let (engine, sink) = engine(u64::MAX);
         for i in 1..=messages {
             engine
-                .publish(channel, Arc::from(i.to_string()), policy(keep))
+                .publish_one(channel, Arc::from(i.to_string()), policy(keep))
                 .await
                 .unwrap();
         }
@@ -881,7 +890,7 @@ mod tests {
             let a = &a;
             async move {
                 engine
-                    .attach(a, Some(&from), policy(5), Box::new(|_| {}))
+                    .attach(a, Some(&from), policy(5))
                     .await
                     .unwrap()
                     .missed
@@ -966,7 +975,7 @@ mod tests {
         attach(&engine, &watched).await;
         engine.detach(&watched);
         engine
-            .publish(&kept, Arc::from("1"), policy(10))
+            .publish_one(&kept, Arc::from("1"), policy(10))
             .await
             .unwrap();
         tokio::time::advance(Duration::from_secs(59)).await;
@@ -999,7 +1008,7 @@ mod tests {
         };
         for i in 0..3 {
             engine
-                .publish(&a, Arc::from(i.to_string()), short)
+                .publish_one(&a, Arc::from(i.to_string()), short)
                 .await
                 .unwrap();
         }
@@ -1033,7 +1042,7 @@ mod tests {
         let mut epochs = HashMap::new();
         for (channel, data) in [(&a, "1"), (&b, "2"), (&a, "3"), (&c, "4"), (&b, "5")] {
             let position = engine
-                .publish(channel, Arc::from(data), policy(10))
+                .publish_one(channel, Arc::from(data), policy(10))
                 .await
                 .unwrap();
             epochs.insert(channel.clone(), position.epoch);
@@ -1077,7 +1086,7 @@ mod tests {
 
         // A message larger than the whole budget evicts everything, itself too.
         engine
-            .publish(&c, Arc::from("x".repeat(4 * cost as usize)), policy(10))
+            .publish_one(&c, Arc::from("x".repeat(4 * cost as usize)), policy(10))
             .await
             .unwrap();
         let stats = engine.stats();
@@ -1089,11 +1098,12 @@ mod tests {
     #[derive(Default)]
     struct DetachingSink(std::sync::OnceLock<Weak<MemoryEngine>>);
     impl Sink for DetachingSink {
-        fn deliver(&self, p: &Publication) {
+        fn deliver(&self, p: Publication) {
             if let Some(engine) = self.0.get().and_then(Weak::upgrade) {
                 engine.detach(&p.channel);
             }
         }
+        fn interrupted(&self, _: Option<&ChannelName>) {}
     }
 
     #[tokio::test]
@@ -1110,7 +1120,7 @@ mod tests {
         assert_eq!(subscribers(&engine, &a), Some(1));
         // Delivered under the shard lock; the detach inside must not wait for it.
         engine
-            .publish(&a, Arc::from("1"), policy(10))
+            .publish_one(&a, Arc::from("1"), policy(10))
             .await
             .unwrap();
         assert_eq!(
@@ -1130,7 +1140,7 @@ mod tests {
                 let (engine, a) = (engine.clone(), a.clone());
                 std::thread::spawn(move || {
                     for i in 0..500 {
-                        engine.attach_now(&a, None, policy(10), Box::new(|_| {}));
+                        engine.attach_now(&a, None, policy(10));
                         if i % 7 == 0 {
                             engine.publish_now(&a, Arc::from("1"), policy(10));
                         }

@@ -1,17 +1,25 @@
 //! Where publications get their place in a channel: per-channel `epoch` and
-//! monotonically increasing `offset`, history, and (later) cross-node fan-out.
+//! monotonically increasing `offset`, history, and cross-node fan-out.
 //!
-//! The hub talks to an [`Engine`] only through this trait, so that a Redis
-//! engine can sit beside [`MemoryEngine`] without the hub changing. An engine
-//! hands every publication, in offset order per channel, to its [`Sink`] (the
-//! hub), whichever node it was published on.
+//! The hub talks to an [`Engine`] only through this trait; [`MemoryEngine`]
+//! (one process) and [`RedisEngine`] (several nodes on one Redis) are its two
+//! implementations, held to one contract by the conformance suite in
+//! `conformance.rs`. An engine hands every publication of the channels this
+//! node is attached to, in offset order per channel, to its [`Sink`] (the
+//! hub), whichever node it was published on. The sink only queues it: the
+//! fan-out (and the plugin's `filter`) runs off every engine lock.
 //!
-//! The hub tells the engine when each of its subscriptions of a channel
-//! starts ([`Engine::attach`]) and ends ([`Engine::detach`]), so that an
-//! engine can free what nobody uses (and a Redis engine can subscribe a node
-//! to a channel only while it has local subscribers).
+//! Subscribing without a gap works the way it must across processes: the hub
+//! registers the subscriber first (buffering what arrives), then
+//! [`Engine::attach`] makes sure this node receives the channel's stream and
+//! only then reads the position (and what was missed); the hub merges by
+//! offset and drops duplicates.
 
 mod memory;
+mod redis;
+
+#[cfg(test)]
+mod conformance;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,7 +28,14 @@ use std::time::Duration;
 
 use crate::channel::ChannelName;
 
+pub(crate) use self::redis::RedisEngine;
 pub(crate) use memory::{Lifetimes, MemoryEngine};
+
+/// A fresh stream generation: random, so a restarted broker (or a channel
+/// whose state was freed) never reuses one.
+fn new_epoch() -> Arc<str> {
+    Arc::from(format!("{:012x}", rand::random::<u64>() >> 16))
+}
 
 /// A channel's position: the stream generation and the latest offset in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,15 +69,24 @@ pub(crate) struct Stored {
     pub(crate) data: Arc<str>,
 }
 
-/// What [`Engine::attach`] found while the channel was locked.
+/// What [`Engine::attach`] read once this node received the channel's stream.
 #[derive(Debug)]
 pub(crate) struct Attached {
-    /// The channel's latest position when the subscriber went live.
+    /// The channel's latest position, read after the stream was flowing.
     pub(crate) position: Position,
     /// Only when asked to recover: the messages after the given position,
     /// oldest first (possibly none), or `None` when they cannot all be given
     /// (another epoch, or history no longer reaches back that far).
     pub(crate) missed: Option<Vec<Stored>>,
+}
+
+/// One channel's part of a publish.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) channel: ChannelName,
+    /// The message data as JSON text on one line (already validated).
+    pub(crate) data: Arc<str>,
+    pub(crate) history: HistoryPolicy,
 }
 
 /// What an engine holds, for `/metrics`.
@@ -78,15 +102,24 @@ pub(crate) struct EngineStats {
     pub(crate) history_evicted: u64,
 }
 
-/// Receives every publication, in offset order per channel.
+/// Receives every publication of the channels the node is attached to, in
+/// offset order per channel. Called from engine internals (possibly under an
+/// engine lock): an implementation only queues.
 pub(crate) trait Sink: Send + Sync {
-    fn deliver(&self, publication: &Publication);
+    fn deliver(&self, publication: Publication);
+
+    /// The engine lost (or may have lost) publications of `channel`, or of
+    /// every channel when `None`: a Redis connection dropped, or an offset
+    /// jumped or an epoch changed. Subscribers must recover from history.
+    fn interrupted(&self, channel: Option<&ChannelName>);
 }
 
+/// Why an engine could not do what was asked. Its text is for the log only:
+/// clients get a contract error code.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum EngineError {
-    /// The backing store could not be reached (not possible in memory).
-    #[allow(dead_code)]
+    /// The backing store could not be reached or did not answer in time
+    /// (never in memory).
     #[error("engine unavailable: {0}")]
     Unavailable(String),
 }
@@ -94,37 +127,31 @@ pub(crate) enum EngineError {
 pub(crate) type EngineFuture<'a, T> =
     Pin<Box<dyn Future<Output = Result<T, EngineError>> + Send + 'a>>;
 
-/// Called with the channel's position at the instant a subscriber is attached.
-pub(crate) type Attach<'a> = Box<dyn FnOnce(&Position) + Send + 'a>;
-
 pub(crate) trait Engine: Send + Sync {
-    /// Gives `data` the next offset of `channel`, keeps it in history as
-    /// `history` says, and hands it to the sink before returning.
-    fn publish<'a>(
-        &'a self,
-        channel: &'a ChannelName,
-        data: Arc<str>,
-        history: HistoryPolicy,
-    ) -> EngineFuture<'a, Position>;
+    /// Gives each message the next offset of its channel, keeps it in
+    /// history as its policy says and hands it to the sinks of every node
+    /// attached to the channel. All channels or none: on an error nothing
+    /// was published.
+    fn publish<'a>(&'a self, batch: &'a [Outgoing]) -> EngineFuture<'a, Vec<Position>>;
 
-    /// Runs `attach` with the channel's latest position such that no
-    /// publication of the channel is delivered between reading the position
-    /// and `attach` returning: every later publication has a larger offset.
+    /// Counts one subscription of this node to `channel` (keeping the
+    /// channel alive) and resolves once the node receives the channel's
+    /// publications, with the position read after that point: every
+    /// publication with a larger offset reaches the sink after this call
+    /// began (ones at or below it may reach it too; the hub drops them).
     ///
     /// With `recover_from`, also returns every kept message after that
-    /// position, read in the same critical section, so that missed plus live
-    /// messages are exactly contiguous. All of them or none: if the epoch
-    /// differs or history (per `history`) no longer covers the next offset,
-    /// `missed` is `None`.
+    /// position up to the returned one, oldest first. All of them or none:
+    /// if the epoch differs or history (per `history`) no longer covers the
+    /// next offset, `missed` is `None`.
     ///
-    /// On success the subscription counts for the channel (keeping it
-    /// alive) until the hub calls [`Engine::detach`] for it, once.
+    /// On success the hub calls [`Engine::detach`] for it once; on an
+    /// error nothing was counted.
     fn attach<'a>(
         &'a self,
         channel: &'a ChannelName,
         recover_from: Option<&'a Position>,
         history: HistoryPolicy,
-        attach: Attach<'a>,
     ) -> EngineFuture<'a, Attached>;
 
     /// Ends one subscription that [`Engine::attach`] counted. Never blocks:
@@ -143,6 +170,6 @@ pub(crate) trait Engine: Send + Sync {
         history: HistoryPolicy,
     ) -> EngineFuture<'a, (Arc<str>, Vec<Stored>)>;
 
-    /// What the engine holds now.
+    /// What the engine holds now (on this node).
     fn stats(&self) -> EngineStats;
 }

@@ -19,14 +19,19 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::Identity;
 use crate::channel::ChannelName;
-use crate::engine::{Engine, EngineStats, HistoryPolicy, Position, Publication, Sink, Stored};
+use crate::engine::{
+    Engine, EngineError, EngineStats, HistoryPolicy, Outgoing, Position, Publication, Sink, Stored,
+};
 use crate::plugins::{
     Delivery, Governor, LiveRegistry, PublishSource, PublishVerdict, SubscribeVerdict,
 };
-use crate::protocol::{self, ErrorCode, Refusal};
+use crate::protocol::{ErrorCode, Refusal};
 
+mod fanout;
 mod queue;
 mod subscribers;
+
+use fanout::Lane;
 
 pub(crate) use queue::Queue;
 use queue::{Offered, Pushes};
@@ -248,7 +253,13 @@ pub(crate) struct Hub {
 type UserConnections = Vec<(u64, Weak<Connection>)>;
 
 struct Inner {
+    /// For the lane tasks [`Sink::deliver`] starts.
+    me: Weak<Inner>,
     shards: Box<[Mutex<HashMap<ChannelName, Subscribers>>]>,
+    /// Ordered fan-out lanes (see `fanout.rs`).
+    lanes: Box<[Lane]>,
+    /// Channel streams interrupted on this node (see `Sink::interrupted`).
+    interruptions: AtomicU64,
     hasher: RandomState,
     engine: Arc<dyn Engine>,
     registry: Arc<LiveRegistry>,
@@ -281,6 +292,8 @@ pub(crate) struct HubStats {
     pub(crate) refused_node_full: u64,
     /// Connections refused over `limits.max_connections_per_user`.
     pub(crate) refused_user_full: u64,
+    /// Channel streams interrupted: their subscribers were told to recover.
+    pub(crate) interruptions: u64,
 }
 
 /// Removes the connection's subscriptions when its transport drops it.
@@ -333,7 +346,10 @@ impl Hub {
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let sink: Weak<dyn Sink> = weak.clone();
             Inner {
+                me: weak.clone(),
                 shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                lanes: (0..fanout::LANES).map(|_| Lane::default()).collect(),
+                interruptions: AtomicU64::new(0),
                 hasher: RandomState::new(),
                 engine: engine(sink),
                 registry,
@@ -353,6 +369,15 @@ impl Hub {
             }
         });
         Hub { inner }
+    }
+
+    /// Resolves once no fan-out lane has work (for tests that publish and
+    /// then look at queues).
+    #[cfg(test)]
+    pub(crate) async fn settled(&self) {
+        while self.inner.lanes.iter().any(Lane::busy) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     pub(crate) fn registry(&self) -> &LiveRegistry {
@@ -385,6 +410,7 @@ impl Hub {
             cut_offs: self.inner.cut_offs.load(Ordering::Relaxed),
             refused_node_full: self.inner.refused_node_full.load(Ordering::Relaxed),
             refused_user_full: self.inner.refused_user_full.load(Ordering::Relaxed),
+            interruptions: self.inner.interruptions.load(Ordering::Relaxed),
         }
     }
 
@@ -516,34 +542,40 @@ impl Hub {
                 user: Arc::from(identity.user.as_str()),
                 info: presence_info,
             });
-        let attach_to = connection.clone();
-        let subscriber_audience = audience.clone();
-        let mut replaced = false;
+        // Registered first, buffering: whatever arrives while the engine
+        // attaches is kept, and sorted out once the position is known.
+        let replaced;
         let mut overflowed = Vec::new();
+        {
+            let mut shard = self.inner.shard(channel);
+            let subscribers = shard.entry(channel.clone()).or_default();
+            replaced = subscribers.by_connection.contains_key(&connection.id);
+            subscribers.attaching.begin(connection.id);
+            if let Some(join) =
+                subscribers.insert(channel, connection.clone(), audience.clone(), membership)
+            {
+                self.inner
+                    .announce(subscribers, &join, connection.id, &mut overflowed);
+            }
+        }
+        self.inner.cut_overflowed(overflowed);
         let attached = self
             .inner
             .engine
-            .attach(
-                channel,
-                recover_from,
-                self.inner.history_policy(&governor),
-                Box::new(|_| {
-                    let mut shard = self.inner.shard(channel);
-                    let subscribers = shard.entry(channel.clone()).or_default();
-                    let joiner = attach_to.id;
-                    replaced = subscribers.by_connection.contains_key(&joiner);
-                    if let Some(join) =
-                        subscribers.insert(channel, attach_to, subscriber_audience, membership)
-                    {
-                        self.inner
-                            .announce(subscribers, &join, joiner, &mut overflowed);
-                    }
-                }),
-            )
-            .await
-            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()));
-        self.inner.cut_overflowed(overflowed);
-        let attached = attached?;
+            .attach(channel, recover_from, self.inner.history_policy(&governor))
+            .await;
+        let attached = match attached {
+            Ok(attached) => attached,
+            Err(error) => {
+                // Nothing was counted by the engine: only the local entry goes.
+                let mut overflowed = Vec::new();
+                self.inner
+                    .remove_local(channel, connection.id, &mut overflowed);
+                self.inner.cut_overflowed(overflowed);
+                return Err(engine_refusal(&error));
+            }
+        };
+        self.inner.go_live(channel, connection, &attached.position);
         if replaced {
             // One subscription, counted twice by the engine.
             self.inner.engine.detach(channel);
@@ -670,7 +702,7 @@ impl Hub {
             .engine
             .history(channel, limit, since, policy)
             .await
-            .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+            .map_err(|e| engine_refusal(&e))?;
         Ok(History { epoch, messages })
     }
 
@@ -716,19 +748,21 @@ impl Hub {
                 }
                 PublishVerdict::Fault => return Err(plugin_fault(&governor)),
             };
-            approved.push((channel, data, self.inner.history_policy(&governor)));
+            approved.push(Outgoing {
+                channel: channel.clone(),
+                data,
+                history: self.inner.history_policy(&governor),
+            });
         }
-        let mut positions = Vec::with_capacity(approved.len());
-        for (channel, data, history) in approved {
-            let position = self
-                .inner
-                .engine
-                .publish(channel, data, history)
-                .await
-                .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
-            self.inner.published.fetch_add(1, Ordering::Relaxed);
-            positions.push(position);
-        }
+        let positions = self
+            .inner
+            .engine
+            .publish(&approved)
+            .await
+            .map_err(|e| engine_refusal(&e))?;
+        self.inner
+            .published
+            .fetch_add(positions.len() as u64, Ordering::Relaxed);
         Ok(positions)
     }
 
@@ -806,23 +840,9 @@ impl Hub {
     /// run it off the reactor.
     pub(crate) fn reauthorize(&self, namespaces: &[String]) -> Reauthorized {
         let mut outcome = Reauthorized::default();
-        let mut affected: Vec<(ChannelName, Vec<Arc<Connection>>)> = Vec::new();
-        for shard in self.inner.shards.iter() {
-            let shard = lock(shard);
-            affected.extend(
-                shard
-                    .iter()
-                    .filter(|(name, _)| namespaces.iter().any(|n| n == name.namespace()))
-                    .map(|(name, subscribers)| {
-                        let connections = subscribers
-                            .by_connection
-                            .values()
-                            .map(|s| s.connection.clone())
-                            .collect();
-                        (name.clone(), connections)
-                    }),
-            );
-        }
+        let affected = self
+            .inner
+            .subscribed(|name| namespaces.iter().any(|n| n == name.namespace()));
         for (channel, connections) in affected {
             let governor = self.inner.registry.governing(channel.namespace());
             for connection in connections {
@@ -944,6 +964,18 @@ fn plugin_fault(governor: &Governor) -> Refusal {
     )
 }
 
+/// What a client is told when the engine fails: a contract code, never the
+/// engine's own text (that goes to the log).
+fn engine_refusal(error: &EngineError) -> Refusal {
+    tracing::warn!("engine: {error}");
+    match error {
+        EngineError::Unavailable(_) => Refusal::new(
+            ErrorCode::Unavailable,
+            "the message store is unreachable; nothing was done, try again",
+        ),
+    }
+}
+
 impl Inner {
     fn shard(
         &self,
@@ -951,6 +983,29 @@ impl Inner {
     ) -> std::sync::MutexGuard<'_, HashMap<ChannelName, Subscribers>> {
         let i = self.hasher.hash_one(channel) as usize % self.shards.len();
         lock(&self.shards[i])
+    }
+
+    /// The local subscribers of every channel whose name `matches`, by
+    /// channel (a snapshot: one shard locked at a time).
+    fn subscribed(
+        &self,
+        matches: impl Fn(&ChannelName) -> bool,
+    ) -> Vec<(ChannelName, Vec<Arc<Connection>>)> {
+        let mut found = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            found.extend(shard.iter().filter(|(name, _)| matches(name)).map(
+                |(name, subscribers)| {
+                    let connections = subscribers
+                        .by_connection
+                        .values()
+                        .map(|s| s.connection.clone())
+                        .collect();
+                    (name.clone(), connections)
+                },
+            ));
+        }
+        found
     }
 
     /// What the governing plugin asks to keep, within the configured caps.
@@ -981,22 +1036,55 @@ impl Inner {
         connection: u64,
         overflowed: &mut Vec<Arc<Connection>>,
     ) {
-        let mut removed = false;
-        {
-            let mut shard = self.shard(channel);
-            if let Some(subscribers) = shard.get_mut(channel) {
-                removed = subscribers.by_connection.contains_key(&connection);
-                if let Some(leave) = subscribers.remove(channel, connection) {
-                    self.announce(subscribers, &leave, connection, overflowed);
-                }
-                if subscribers.is_empty() {
-                    shard.remove(channel);
+        // After the hub's lock is released: the engine may call the sink
+        // under its own locks.
+        if self.remove_local(channel, connection, overflowed) {
+            self.engine.detach(channel);
+        }
+    }
+
+    /// Takes `connection` out of the channel's local subscribers (announcing
+    /// a `leave`); true if it was there. The engine is not told.
+    fn remove_local(
+        &self,
+        channel: &ChannelName,
+        connection: u64,
+        overflowed: &mut Vec<Arc<Connection>>,
+    ) -> bool {
+        let mut shard = self.shard(channel);
+        let Some(subscribers) = shard.get_mut(channel) else {
+            return false;
+        };
+        let removed = subscribers.by_connection.contains_key(&connection);
+        if let Some(leave) = subscribers.remove(channel, connection) {
+            self.announce(subscribers, &leave, connection, overflowed);
+        }
+        if subscribers.is_empty() {
+            shard.remove(channel);
+        }
+        removed
+    }
+
+    /// Ends the buffering of a subscriber whose attach returned `position`:
+    /// queues what arrived meanwhile after that position, drops the rest
+    /// (it is in the position, or in what the subscriber recovers).
+    /// Under the shard lock, so that no later message overtakes them.
+    fn go_live(&self, channel: &ChannelName, connection: &Arc<Connection>, position: &Position) {
+        let mut overflowed = false;
+        if let Some(subscribers) = self.shard(channel).get_mut(channel) {
+            for push in subscribers.attaching.end(connection.id) {
+                let after = push
+                    .position
+                    .as_ref()
+                    .is_some_and(|p| p.epoch == position.epoch && p.offset > position.offset);
+                if after && connection.offer(&push, &self.limits) == Offered::Overflowed {
+                    overflowed = true;
+                    break;
                 }
             }
         }
-        // After the hub's lock is released: the engine locks first on attach.
-        if removed {
-            self.engine.detach(channel);
+        if overflowed {
+            self.cut(connection, CutOff::SlowConsumer);
         }
     }
 
@@ -1104,106 +1192,6 @@ impl Inner {
             if connection.offer(&push, &self.limits) == Offered::Overflowed {
                 self.cut(connection, CutOff::SlowConsumer);
             }
-        }
-    }
-}
-
-impl Sink for Inner {
-    fn deliver(&self, publication: &Publication) {
-        let original = Arc::new(Push::new(publication, &publication.data));
-        let governor = self
-            .registry
-            .governing(publication.channel.namespace())
-            .filter(Governor::filters);
-        let variants = match governor {
-            // The common case: one frame for everybody.
-            None => Variants::Everyone(original),
-            Some(governor) => {
-                let audiences: Vec<String> = {
-                    let shard = self.shard(&publication.channel);
-                    let Some(subscribers) = shard.get(&publication.channel) else {
-                        return;
-                    };
-                    subscribers
-                        .audiences
-                        .keys()
-                        .map(|a| a.to_string())
-                        .collect()
-                };
-                // Called without the hub lock: the engine keeps this channel
-                // locked, so no subscriber can attach to it meanwhile.
-                let deliveries =
-                    governor.filter(&publication.channel, &publication.data, &audiences);
-                let per_audience = audiences
-                    .into_iter()
-                    .zip(deliveries)
-                    .filter_map(|(audience, delivery)| {
-                        let push = match delivery {
-                            Delivery::Skip => return None,
-                            Delivery::Original => original.clone(),
-                            Delivery::Replace(data) => {
-                                Arc::new(Push::new(publication, &single_line(&data)))
-                            }
-                        };
-                        Some((Arc::<str>::from(audience), push))
-                    })
-                    .collect();
-                Variants::PerAudience(per_audience)
-            }
-        };
-        let mut overflowed = Vec::new();
-        let mut delivered = 0;
-        {
-            let shard = self.shard(&publication.channel);
-            let Some(subscribers) = shard.get(&publication.channel) else {
-                return;
-            };
-            for subscriber in subscribers.by_connection.values() {
-                let push = match &variants {
-                    Variants::Everyone(push) => push,
-                    Variants::PerAudience(map) => match map.get(&subscriber.audience) {
-                        Some(push) => push,
-                        None => continue,
-                    },
-                };
-                let connection = &subscriber.connection;
-                match connection.offer(push, &self.limits) {
-                    Offered::Queued => delivered += 1,
-                    Offered::Overflowed => overflowed.push(connection.clone()),
-                    Offered::Refused => {}
-                }
-            }
-        }
-        self.deliveries.fetch_add(delivered, Ordering::Relaxed);
-        // Detaching takes shard locks (never the engine's): safe here,
-        // under the engine's channel lock, once this shard is released.
-        self.cut_overflowed(overflowed);
-    }
-}
-
-/// What the subscribers of one message get.
-enum Variants {
-    Everyone(Arc<Push>),
-    /// Audiences missing from the map were skipped by the plugin's `filter`.
-    PerAudience(HashMap<Arc<str>, Arc<Push>>),
-}
-
-impl Push {
-    fn new(publication: &Publication, data: &str) -> Push {
-        Push {
-            channel: publication.channel.clone(),
-            kind: "message",
-            position: Some(Position {
-                epoch: publication.epoch.clone(),
-                offset: publication.offset,
-            }),
-            frame: Utf8Bytes::from(protocol::message_push(
-                publication.channel.as_str(),
-                &publication.epoch,
-                publication.offset,
-                data,
-            )),
-            signed_position: OnceLock::new(),
         }
     }
 }

@@ -15,6 +15,9 @@ use crate::channel::ChannelName;
 pub(super) struct Subscribers {
     pub(super) by_connection: HashMap<u64, Subscriber>,
     pub(super) audiences: HashMap<Arc<str>, usize>,
+    /// Subscribers whose engine attach is under way, with the messages that
+    /// arrived meanwhile.
+    pub(super) attaching: Attaching,
     /// By user id. A user with several connections on the channel is one
     /// member; the info is the one given for the first of them.
     members: HashMap<Arc<str>, Member>,
@@ -27,6 +30,38 @@ pub(super) struct Subscriber {
     /// The user this subscription counts for in presence; `None` where
     /// presence is off or the connection is anonymous.
     member: Option<Arc<str>>,
+}
+
+/// Messages for subscribers that are registered but not live yet: they go
+/// to the queue only once the subscriber knows its position, and only those
+/// after it (the rest are in that position or in what it recovers).
+/// Usually empty: a `Vec`, searched linearly.
+#[derive(Default)]
+pub(super) struct Attaching(Vec<(u64, Vec<Arc<Push>>)>);
+
+impl Attaching {
+    pub(super) fn begin(&mut self, connection: u64) {
+        self.0.push((connection, Vec::new()));
+    }
+
+    /// Keeps `push` for `connection` if it is attaching; false if it is live.
+    pub(super) fn buffer(&mut self, connection: u64, push: &Arc<Push>) -> bool {
+        match self.0.iter_mut().find(|(id, _)| *id == connection) {
+            Some((_, buffered)) => {
+                buffered.push(push.clone());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes `connection` live; returns what was buffered for it, in order.
+    pub(super) fn end(&mut self, connection: u64) -> Vec<Arc<Push>> {
+        match self.0.iter().position(|(id, _)| *id == connection) {
+            Some(i) => self.0.swap_remove(i).1,
+            None => Vec::new(),
+        }
+    }
 }
 
 struct Member {
@@ -96,6 +131,7 @@ impl Subscribers {
     /// remaining subscribers when its user has no other connection here.
     pub(super) fn remove(&mut self, channel: &ChannelName, connection: u64) -> Option<Arc<Push>> {
         let old = self.by_connection.remove(&connection)?;
+        self.attaching.end(connection);
         self.forget_audience(&old.audience);
         let user = old.member?;
         let member = self.members.get_mut(&user)?;

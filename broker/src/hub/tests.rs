@@ -87,10 +87,12 @@ fn news() -> ChannelName {
     ChannelName::parse("public:news").unwrap()
 }
 
+/// Publishes and waits until the fan-out has run.
 async fn publish(hub: &Hub, data: &str) {
     hub.publish(&[news()], data, PublishSource::Http, None)
         .await
         .unwrap();
+    hub.settled().await;
 }
 
 fn drained(queue: &mut Queue) -> usize {
@@ -139,6 +141,7 @@ async fn unsubscribing_drops_what_is_still_queued_for_the_channel_only() {
     )
     .await
     .unwrap();
+    hub.settled().await;
     publish(&hub, r#"{"n":3}"#).await;
     hub.unsubscribe(&conn, &news());
     let left: Vec<_> = std::iter::from_fn(|| queue.try_recv()).collect();

@@ -597,7 +597,7 @@ fn put_position(out: &mut Vec<u8>, position: &Position) {
 
 fn is_packable_hex(epoch: &str) -> bool {
     !epoch.is_empty()
-        && epoch.len() % 2 == 0
+        && epoch.len().is_multiple_of(2)
         && epoch
             .bytes()
             .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

@@ -1,0 +1,170 @@
+//! Several real brokers on one real Redis (`engine.kind = "redis"`): what a
+//! Stud.IP site behind a load balancer relies on. Each test starts its own
+//! `redis-server` on a free port and two or three `stellwerk serve` processes.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use stellwerk_e2e::redis::RedisServer;
+use stellwerk_e2e::{assert_http_error, Server, WsClient};
+
+async fn node(redis: &RedisServer, shared: Option<&Server>) -> Server {
+    let mut builder = Server::builder()
+        .env("STELLWERK_ENGINE_KIND", "redis")
+        .env("STELLWERK_ENGINE_REDIS_URL", redis.url());
+    if let Some(first) = shared {
+        builder = builder.shared_with(first);
+    }
+    builder.start().await
+}
+
+async fn cluster(redis: &RedisServer, nodes: usize) -> Vec<Server> {
+    let first = node(redis, None).await;
+    let mut all = vec![];
+    for _ in 1..nodes {
+        all.push(node(redis, Some(&first)).await);
+    }
+    all.insert(0, first);
+    all
+}
+
+/// The next `message` push (presence pushes skipped).
+async fn message(ws: &mut WsClient) -> Value {
+    let push = ws.recv_skipping_presence().await;
+    assert_eq!(push["type"], "message", "{push}");
+    push
+}
+
+#[tokio::test]
+async fn a_message_published_on_one_node_reaches_every_node_in_order() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 3).await;
+    let (mut on_b, _) = nodes[1].subscriber("ann", "public:cluster").await;
+    let (mut on_c, _) = nodes[2].subscriber("bob", "public:cluster").await;
+    for n in 1..=30 {
+        // Stud.IP's PHP publishes to whichever node the load balancer picks.
+        let result = nodes[n % 3]
+            .publish_ok("public:cluster", &json!({"n": n}))
+            .await;
+        assert_eq!(result["offset"], n);
+    }
+    for ws in [&mut on_b, &mut on_c] {
+        for n in 1..=30 {
+            let push = message(ws).await;
+            assert_eq!(
+                (push["offset"].as_u64(), push["data"]["n"].as_u64()),
+                (Some(n), Some(n))
+            );
+        }
+    }
+    // History is the cluster's: any node answers it.
+    let (status, body) = nodes[0]
+        .api_get("/api/channels/public:cluster/history?limit=3")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let offsets: Vec<u64> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [28, 29, 30]);
+}
+
+#[tokio::test]
+async fn a_browser_whose_node_went_away_recovers_on_another() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2).await;
+    let (mut ws, subscribed) = nodes[0].subscriber("ann", "public:recover").await;
+    let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
+    nodes[1]
+        .publish_ok("public:recover", &json!({"n": 1}))
+        .await;
+    assert_eq!(message(&mut ws).await["offset"], 1);
+    ws.close().await;
+    for n in 2..=6 {
+        nodes[1]
+            .publish_ok("public:recover", &json!({"n": n}))
+            .await;
+    }
+    // The load balancer sends the reconnect to the other node.
+    let mut ws = nodes[1]
+        .ws(&format!("/ws?token={}", nodes[1].token("ann")))
+        .await;
+    let reply = ws
+        .request(json!({"type": "subscribe", "channel": "public:recover",
+                        "recover": {"epoch": epoch, "offset": 1}}))
+        .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["offset"], 6, "{reply}");
+    for n in 2..=6 {
+        assert_eq!(message(&mut ws).await["data"]["n"], n);
+    }
+    nodes[0]
+        .publish_ok("public:recover", &json!({"n": 7}))
+        .await;
+    assert_eq!(message(&mut ws).await["offset"], 7, "then live");
+}
+
+#[tokio::test]
+async fn without_redis_publishing_is_unavailable_and_subscribers_are_told_to_recover() {
+    let mut redis = RedisServer::start();
+    let nodes = cluster(&redis, 2).await;
+    let (mut ws, _) = nodes[1].subscriber("ann", "public:outage").await;
+    let first = nodes[0].publish_ok("public:outage", &json!({"n": 1})).await;
+    assert_eq!(message(&mut ws).await["offset"], 1);
+
+    redis.stop();
+    let (status, body) = nodes[0]
+        .publish(&json!({"channel": "public:outage", "data": {"n": 2}}))
+        .await;
+    assert_http_error(status, &body, 503, "unavailable");
+    assert!(
+        !body.to_string().contains("redis"),
+        "no engine text reaches the client: {body}"
+    );
+    let push = ws.recv_json().await;
+    assert_eq!(push["type"], "unsubscribed", "{push}");
+    assert!(
+        push["reason"].as_str().unwrap().contains("recover"),
+        "{push}"
+    );
+    // Subscribing cannot work either, and says so with the contract's code.
+    let reply = ws
+        .request(json!({"type": "subscribe", "channel": "public:outage"}))
+        .await;
+    stellwerk_e2e::assert_ws_error(&reply, "unavailable");
+
+    redis.restart();
+    let mut recovered = None;
+    for _ in 0..100 {
+        let reply = ws
+            .request(json!({"type": "subscribe", "channel": "public:outage",
+                            "recover": {"epoch": first["epoch"], "offset": 1}}))
+            .await;
+        if reply["type"] == "subscribed" {
+            recovered = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = recovered.expect("subscribing works again once Redis is back");
+    // Redis ran without persistence: the history is gone, and the client is told.
+    assert_eq!(reply["recovered"], false, "{reply}");
+    let result = nodes[0].publish_ok("public:outage", &json!({"n": 3})).await;
+    assert_eq!(message(&mut ws).await["offset"], result["offset"]);
+}
+
+#[tokio::test]
+async fn a_node_that_cannot_reach_redis_at_start_exits_naming_it() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    drop(redis);
+    let (code, log) = Server::builder()
+        .env("STELLWERK_ENGINE_KIND", "redis")
+        .env("STELLWERK_ENGINE_REDIS_URL", &url)
+        .run_to_exit()
+        .await;
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("redis"), "{log}");
+}
