@@ -249,6 +249,9 @@ pub struct EngineConfig {
     /// What all channels' history may hold together, in bytes (message data plus a fixed
     /// overhead per message); above it the oldest messages of all channels are dropped.
     pub max_history_bytes: u64,
+    /// With `kind = "redis"`: a node that has not renewed its heartbeat for this long is
+    /// taken for dead, and its presence members leave (a third of it: the renewal interval).
+    pub node_timeout_seconds: u64,
 }
 
 /// The engine implementations.
@@ -400,6 +403,7 @@ impl Default for EngineConfig {
             max_history_age_seconds: 7 * 24 * 3600,
             channel_idle_seconds: 30,
             max_history_bytes: 256 * 1024 * 1024,
+            node_timeout_seconds: 15,
         }
     }
 }
@@ -450,6 +454,7 @@ impl fmt::Debug for EngineConfig {
             .field("max_history_age_seconds", &self.max_history_age_seconds)
             .field("channel_idle_seconds", &self.channel_idle_seconds)
             .field("max_history_bytes", &self.max_history_bytes)
+            .field("node_timeout_seconds", &self.node_timeout_seconds)
             .finish()
     }
 }
@@ -830,6 +835,10 @@ impl Config {
             (
                 ("engine", "max_history_bytes"),
                 self.engine.max_history_bytes,
+            ),
+            (
+                ("engine", "node_timeout_seconds"),
+                self.engine.node_timeout_seconds,
             ),
         ] {
             if value == 0 {

@@ -122,6 +122,7 @@ pub async fn run(
     let lifetimes = Lifetimes {
         channel_idle: Duration::from_secs(config.engine.channel_idle_seconds),
         max_history_bytes: config.engine.max_history_bytes,
+        node_timeout: Duration::from_secs(config.engine.node_timeout_seconds),
     };
     let redis = match (&config.engine.kind, &config.engine.redis_url) {
         (EngineKind::Redis, Some(url)) => Some(

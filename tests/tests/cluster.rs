@@ -168,3 +168,111 @@ async fn a_node_that_cannot_reach_redis_at_start_exits_naming_it() {
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("redis"), "{log}");
 }
+
+const COURSE: &str = "a07535cf2f8a72df33c12ddfa4b53dde";
+const CHAT: &str = "course:a07535cf2f8a72df33c12ddfa4b53dde:chat";
+const ANN: &str = "e7a0a84b161f3e8c09b4a0a2e8a58147";
+const BOB: &str = "1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f";
+
+/// A course member on `node`'s chat (presence on), named `name`.
+async fn chat_member(node: &Server, user: &str, name: &str) -> WsClient {
+    let claims = json!({"perm": "autor", "courses": { COURSE: "autor" }, "name": name});
+    let mut ws = node.ws_as(user, claims).await;
+    let reply = ws
+        .request(json!({"type": "subscribe", "channel": CHAT}))
+        .await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    ws
+}
+
+/// The next `join` or `leave` push as `(type, user, info.name)`.
+async fn presence_change(ws: &mut WsClient) -> (String, String, String) {
+    loop {
+        let push = ws.recv_json().await;
+        if push["type"] == "join" || push["type"] == "leave" {
+            return (
+                push["type"].as_str().unwrap().to_owned(),
+                push["user"].as_str().unwrap().to_owned(),
+                push["info"]["name"].as_str().unwrap_or_default().to_owned(),
+            );
+        }
+    }
+}
+
+async fn members(ws: &mut WsClient) -> Vec<String> {
+    let reply = ws
+        .request(json!({"type": "presence", "channel": CHAT}))
+        .await;
+    assert_eq!(reply["type"], "presence", "{reply}");
+    reply["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn presence_is_the_clusters_with_joins_and_leaves_across_nodes() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2).await;
+    let mut ann = chat_member(&nodes[0], ANN, "Ann").await;
+    let mut bob = chat_member(&nodes[1], BOB, "Bob").await;
+    assert_eq!(
+        presence_change(&mut ann).await,
+        ("join".into(), BOB.into(), "Bob".into()),
+        "ann, on the other node, sees bob arrive"
+    );
+    let mut everyone = vec![ANN.to_owned(), BOB.to_owned()];
+    everyone.sort();
+    assert_eq!(members(&mut bob).await, everyone);
+    assert_eq!(members(&mut ann).await, everyone);
+    // A second tab of ann's on bob's node: still one member, no join.
+    let mut ann_again = chat_member(&nodes[1], ANN, "Ann").await;
+    assert_eq!(members(&mut ann_again).await, everyone);
+    ann.close().await;
+    ann_again.close().await;
+    assert_eq!(
+        presence_change(&mut bob).await,
+        ("leave".into(), ANN.into(), "Ann".into()),
+        "one leave, once ann's last connection anywhere went"
+    );
+    assert_eq!(members(&mut bob).await, [BOB]);
+    let (status, body) = nodes[0]
+        .api_get(&format!("/api/channels/{CHAT}/presence"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["members"][0]["user"], BOB, "{body}");
+}
+
+#[tokio::test]
+async fn the_members_of_a_node_killed_with_sigkill_leave_for_the_others() {
+    let redis = RedisServer::start();
+    let first = Server::builder()
+        .env("STELLWERK_ENGINE_KIND", "redis")
+        .env("STELLWERK_ENGINE_REDIS_URL", redis.url())
+        .env("STELLWERK_ENGINE_NODE_TIMEOUT_SECONDS", 2)
+        .start()
+        .await;
+    let doomed = Server::builder()
+        .env("STELLWERK_ENGINE_KIND", "redis")
+        .env("STELLWERK_ENGINE_REDIS_URL", redis.url())
+        .env("STELLWERK_ENGINE_NODE_TIMEOUT_SECONDS", 2)
+        .shared_with(&first)
+        .start()
+        .await;
+    let mut bob = chat_member(&first, BOB, "Bob").await;
+    let _ann = chat_member(&doomed, ANN, "Ann").await;
+    assert_eq!(presence_change(&mut bob).await.0, "join");
+    doomed.signal("KILL");
+    // Nobody on the dead node could say goodbye: the survivors reap it.
+    assert_eq!(
+        presence_change(&mut bob).await,
+        ("leave".into(), ANN.into(), "Ann".into())
+    );
+    assert_eq!(members(&mut bob).await, [BOB]);
+    // The survivor carries on.
+    let result = first.publish_ok(CHAT, &json!({"text": "still here"})).await;
+    let push = bob.recv_skipping_presence().await;
+    assert_eq!(push["offset"], result["offset"], "{push}");
+}

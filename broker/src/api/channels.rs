@@ -50,7 +50,7 @@ pub(crate) async fn presence(
     check_api_key(&app, &headers)?;
     let Path(name) = channel.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let channel = hub::parse_channel(&name)?;
-    let members = app.hub.presence(&channel)?;
+    let members = app.hub.presence(&channel).await?;
     Ok(Json(
         json!({"channel": channel.as_str(), "members": members}),
     ))

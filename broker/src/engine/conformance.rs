@@ -11,8 +11,8 @@ use stellwerk_e2e::redis::RedisServer;
 use tokio::sync::Notify;
 
 use super::{
-    Engine, EngineError, HistoryPolicy, Lifetimes, MemoryEngine, Outgoing, Position, Publication,
-    RedisEngine, Sink, Stored,
+    Change, Engine, EngineError, HistoryPolicy, Lifetimes, MemoryEngine, Outgoing, Position,
+    PresenceEvent, Publication, RedisEngine, Sink, Stored,
 };
 use crate::channel::ChannelName;
 
@@ -21,6 +21,7 @@ use crate::channel::ChannelName;
 pub(super) struct Recorder {
     delivered: Mutex<Vec<Publication>>,
     interrupted: Mutex<Vec<Option<ChannelName>>>,
+    presence: Mutex<Vec<PresenceEvent>>,
     changed: Notify,
 }
 
@@ -32,6 +33,11 @@ impl Sink for Recorder {
 
     fn interrupted(&self, channel: Option<&ChannelName>) {
         self.interrupted.lock().unwrap().push(channel.cloned());
+        self.changed.notify_waiters();
+    }
+
+    fn presence(&self, event: PresenceEvent) {
+        self.presence.lock().unwrap().push(event);
         self.changed.notify_waiters();
     }
 }
@@ -64,6 +70,16 @@ impl Recorder {
         tokio::time::timeout(Duration::from_secs(10), wait)
             .await
             .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    }
+
+    /// The presence changes seen, as `(change, user)`.
+    fn changes(&self) -> Vec<(Change, String)> {
+        self.presence
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| (e.change, e.user.to_string()))
+            .collect()
     }
 
     fn interruptions(&self) -> Vec<Option<ChannelName>> {
@@ -345,6 +361,68 @@ pub(super) async fn an_idle_channel_is_forgotten_and_comes_back_with_a_new_epoch
     );
 }
 
+fn event(
+    node: &Node,
+    channel: &ChannelName,
+    change: Change,
+    user: &str,
+    connection: u64,
+) -> PresenceEvent {
+    PresenceEvent {
+        channel: channel.clone(),
+        change,
+        user: Arc::from(user),
+        info: Arc::from(format!(r#"{{"name":"{user}"}}"#)),
+        node: Arc::from(node.engine.presence().node()),
+        connection,
+    }
+}
+
+async fn members(node: &Node, channel: &ChannelName) -> Vec<String> {
+    let members = node.engine.presence().members(channel).await.unwrap();
+    members.iter().map(|m| m.user.to_string()).collect()
+}
+
+pub(super) async fn joins_and_leaves_reach_the_sink_and_members_list_them(backend: &impl Backend) {
+    let node = backend.node(IDLE).await;
+    let chat = channel("course:chat");
+    node.engine.attach(&chat, None, policy(10)).await.unwrap();
+    let presence = node.engine.presence();
+    presence
+        .join(event(&node, &chat, Change::Join, "zoe", 1))
+        .await
+        .unwrap();
+    presence
+        .join(event(&node, &chat, Change::Join, "ann", 2))
+        .await
+        .unwrap();
+    node.sink
+        .until("two joins", |s| s.changes().len() == 2)
+        .await;
+    assert_eq!(members(&node, &chat).await, ["ann", "zoe"], "by user id");
+    let listed = presence.members(&chat).await.unwrap();
+    assert_eq!(&*listed[0].info, r#"{"name":"ann"}"#);
+    presence.leave(event(&node, &chat, Change::Leave, "zoe", 1));
+    node.sink
+        .until("the leave", |s| s.changes().len() == 3)
+        .await;
+    assert_eq!(
+        node.sink.changes(),
+        [
+            (Change::Join, "zoe".to_owned()),
+            (Change::Join, "ann".to_owned()),
+            (Change::Leave, "zoe".to_owned())
+        ]
+    );
+    assert_eq!(members(&node, &chat).await, ["ann"]);
+    let seen = node.sink.presence.lock().unwrap()[0].clone();
+    assert_eq!(
+        (seen.connection, &*seen.node),
+        (1, presence.node()),
+        "the origin travels along"
+    );
+}
+
 // ---- The memory engine. ----
 
 struct Memory;
@@ -358,6 +436,7 @@ impl Backend for Memory {
             Lifetimes {
                 channel_idle,
                 max_history_bytes: u64::MAX,
+                node_timeout: Duration::from_secs(1),
             },
         );
         Node { engine, sink }
@@ -383,6 +462,7 @@ impl Redis {
         let lifetimes = Lifetimes {
             channel_idle,
             max_history_bytes: u64::MAX,
+            node_timeout: Duration::from_secs(1),
         };
         let engine = RedisEngine::connect(url, lifetimes)
             .await
@@ -429,7 +509,78 @@ conformance!(
     reading_history_creates_nothing,
     recovery_merges_with_concurrent_publishing,
     an_idle_channel_is_forgotten_and_comes_back_with_a_new_epoch,
+    joins_and_leaves_reach_the_sink_and_members_list_them,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_user_on_two_nodes_joins_once_and_leaves_with_the_last() {
+    let redis = Redis::new();
+    let (a, b) = (redis.node(IDLE).await, redis.node(IDLE).await);
+    let chat = channel("course:chat");
+    a.engine.attach(&chat, None, policy(10)).await.unwrap();
+    b.engine.attach(&chat, None, policy(10)).await.unwrap();
+    a.engine
+        .presence()
+        .join(event(&a, &chat, Change::Join, "ann", 1))
+        .await
+        .unwrap();
+    b.engine
+        .presence()
+        .join(event(&b, &chat, Change::Join, "ann", 7))
+        .await
+        .unwrap();
+    b.sink
+        .until("ann's join on b", |s| s.changes().len() == 1)
+        .await;
+    assert_eq!(members(&b, &chat).await, ["ann"]);
+    a.engine
+        .presence()
+        .leave(event(&a, &chat, Change::Leave, "ann", 1));
+    // Still present through b: nobody is told anything.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(members(&a, &chat).await, ["ann"]);
+    b.engine
+        .presence()
+        .leave(event(&b, &chat, Change::Leave, "ann", 7));
+    a.sink
+        .until("ann's leave on a", |s| s.changes().len() == 2)
+        .await;
+    assert_eq!(a.sink.changes()[1], (Change::Leave, "ann".to_owned()));
+    assert!(members(&a, &chat).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_the_members_of_a_node_that_died_leave_after_the_node_timeout() {
+    let redis = Redis::new();
+    let (doomed, survivor) = (redis.node(IDLE).await, redis.node(IDLE).await);
+    let chat = channel("course:chat");
+    survivor
+        .engine
+        .attach(&chat, None, policy(10))
+        .await
+        .unwrap();
+    doomed.engine.attach(&chat, None, policy(10)).await.unwrap();
+    let presence = doomed.engine.presence();
+    presence
+        .join(event(&doomed, &chat, Change::Join, "ann", 1))
+        .await
+        .unwrap();
+    survivor
+        .sink
+        .until("ann's join", |s| s.changes().len() == 1)
+        .await;
+    // Gone without a word: its heartbeat stops, its leaves are never sent.
+    drop(doomed);
+    survivor
+        .sink
+        .until("ann's leave, from the reaper", |s| s.changes().len() == 2)
+        .await;
+    assert_eq!(
+        survivor.sink.changes()[1],
+        (Change::Leave, "ann".to_owned())
+    );
+    assert!(members(&survivor, &chat).await.is_empty());
+}
 
 // ---- Only Redis: several nodes, outages, foreign writes. ----
 
@@ -535,6 +686,7 @@ async fn redis_an_unreachable_server_fails_at_connect_with_its_address() {
     let lifetimes = Lifetimes {
         channel_idle: IDLE,
         max_history_bytes: u64::MAX,
+        node_timeout: Duration::from_secs(1),
     };
     let error = RedisEngine::connect(&format!("redis://127.0.0.1:{port}/"), lifetimes)
         .await

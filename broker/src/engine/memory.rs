@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::presence::{MemoryPresence, Presence};
 use super::{
     new_epoch, Attached, Engine, EngineFuture, EngineStats, HistoryPolicy, Outgoing, Position,
     Publication, Sink, Stored,
@@ -50,6 +51,9 @@ pub(crate) struct Lifetimes {
     /// Bytes all history may hold together (data plus [`MESSAGE_OVERHEAD`]
     /// per message); above it the oldest messages of all channels go first.
     pub(crate) max_history_bytes: u64,
+    /// With several nodes: how long a node that stopped renewing its
+    /// heartbeat keeps its presence members (the memory engine has one node).
+    pub(crate) node_timeout: Duration,
 }
 
 impl Lifetimes {
@@ -74,6 +78,7 @@ pub(crate) struct MemoryEngine {
     next_log: AtomicU64,
     /// Messages dropped to stay within the byte budget.
     evicted: AtomicU64,
+    presence: MemoryPresence,
     /// Per shard, detaches that found the shard locked. The hub may detach
     /// while a publication of the same shard is being delivered (a slow
     /// consumer cut off from inside `Sink::deliver`), so `detach` must never
@@ -341,6 +346,7 @@ impl MemoryEngine {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
+            presence: MemoryPresence::new(sink.clone()),
             sink,
             lifetimes,
             ages: Mutex::default(),
@@ -634,6 +640,10 @@ impl Engine for MemoryEngine {
         Box::pin(std::future::ready(Ok(found)))
     }
 
+    fn presence(&self) -> &dyn Presence {
+        &self.presence
+    }
+
     fn stats(&self) -> EngineStats {
         let (history_messages, history_bytes) = {
             let ages = lock(&self.ages);
@@ -668,6 +678,7 @@ mod tests {
                 .push((p.channel.to_string(), p.offset, p.data.to_string()));
         }
         fn interrupted(&self, _: Option<&ChannelName>) {}
+        fn presence(&self, _: super::super::PresenceEvent) {}
     }
 
     impl MemoryEngine {
@@ -695,6 +706,7 @@ mod tests {
         Lifetimes {
             channel_idle: IDLE,
             max_history_bytes,
+            node_timeout: IDLE,
         }
     }
 
@@ -1104,6 +1116,7 @@ mod tests {
             }
         }
         fn interrupted(&self, _: Option<&ChannelName>) {}
+        fn presence(&self, _: super::super::PresenceEvent) {}
     }
 
     #[tokio::test]

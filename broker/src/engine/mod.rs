@@ -16,6 +16,7 @@
 //! offset and drops duplicates.
 
 mod memory;
+mod presence;
 mod redis;
 
 #[cfg(test)]
@@ -30,6 +31,7 @@ use crate::channel::ChannelName;
 
 pub(crate) use self::redis::RedisEngine;
 pub(crate) use memory::{Lifetimes, MemoryEngine};
+pub(crate) use presence::{Change, Presence, PresenceEvent};
 
 /// A fresh stream generation: random, so a restarted broker (or a channel
 /// whose state was freed) never reuses one.
@@ -108,6 +110,10 @@ pub(crate) struct EngineStats {
 pub(crate) trait Sink: Send + Sync {
     fn deliver(&self, publication: Publication);
 
+    /// A user became present on the channel on some node, or is no longer
+    /// present on any (see [`Presence`]).
+    fn presence(&self, event: PresenceEvent);
+
     /// The engine lost (or may have lost) publications of `channel`, or of
     /// every channel when `None`: a Redis connection dropped, or an offset
     /// jumped or an epoch changed. Subscribers must recover from history.
@@ -172,4 +178,7 @@ pub(crate) trait Engine: Send + Sync {
 
     /// What the engine holds now (on this node).
     fn stats(&self) -> EngineStats;
+
+    /// Who is present on the engine's channels.
+    fn presence(&self) -> &dyn Presence;
 }

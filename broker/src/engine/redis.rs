@@ -26,6 +26,9 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
+mod presence;
+
+use self::presence::RedisPresence;
 use super::{
     new_epoch, Attached, Engine, EngineError, EngineFuture, EngineStats, HistoryPolicy, Lifetimes,
     Outgoing, Position, Publication, Sink, Stored,
@@ -144,6 +147,7 @@ pub(crate) struct RedisEngine {
     attached: Arc<AtomicU64>,
     /// A task is PINGing the command connection back to life.
     reviving: Arc<AtomicBool>,
+    presence: Arc<RedisPresence>,
 }
 
 impl std::fmt::Debug for RedisEngine {
@@ -189,6 +193,7 @@ impl Connected {
             attached.clone(),
             self.lifetimes,
         ));
+        let presence = RedisPresence::start(self.commands.clone(), self.lifetimes.node_timeout);
         Arc::new(RedisEngine {
             commands: self.commands,
             control,
@@ -198,6 +203,7 @@ impl Connected {
             history: Script::new(&format!("{ENTRIES}\n{HISTORY}")),
             attached,
             reviving: Arc::new(AtomicBool::new(false)),
+            presence,
         })
     }
 }
@@ -472,6 +478,10 @@ impl Engine for RedisEngine {
         Box::pin(self.history_now(channel, limit, since, history))
     }
 
+    fn presence(&self) -> &dyn super::Presence {
+        &*self.presence
+    }
+
     /// Channels this node is subscribed to; history lives in Redis and is
     /// not counted here (Redis's own `INFO memory` has it).
     fn stats(&self) -> EngineStats {
@@ -507,9 +517,16 @@ async fn read_pubsub(
         }
         match push.kind {
             PushKind::Message => {
-                let Some(publication) = publication(&push.data) else {
-                    tracing::warn!("redis: unreadable pub/sub message skipped");
-                    continue;
+                let publication = match incoming(&push.data) {
+                    Some(Incoming::Message(publication)) => publication,
+                    Some(Incoming::Presence(event)) => {
+                        sink.presence(event);
+                        continue;
+                    }
+                    None => {
+                        tracing::warn!("redis: unreadable pub/sub message skipped");
+                        continue;
+                    }
                 };
                 let next = Position {
                     epoch: publication.epoch.clone(),
@@ -565,18 +582,27 @@ fn bulk(value: &Value) -> Option<&[u8]> {
     }
 }
 
-/// `[topic, "<epoch> <offset> <data>"]` as a publication.
-fn publication(data: &[Value]) -> Option<Publication> {
+/// What a channel's pub/sub topic carries.
+enum Incoming {
+    Message(Publication),
+    Presence(super::PresenceEvent),
+}
+
+/// `[topic, "<epoch> <offset> <data>"]` or `[topic, "!<presence event>"]`.
+fn incoming(data: &[Value]) -> Option<Incoming> {
     let channel = channel_of_topic(bulk(data.first()?)?)?;
     let payload = std::str::from_utf8(bulk(data.get(1)?)?).ok()?;
+    if payload.starts_with('!') {
+        return presence::decode(channel, payload).map(Incoming::Presence);
+    }
     let (epoch, rest) = payload.split_once(' ')?;
     let (offset, data) = rest.split_once(' ')?;
-    Some(Publication {
+    Some(Incoming::Message(Publication {
         channel,
         epoch: Arc::from(epoch),
         offset: offset.parse().ok()?,
         data: Arc::from(data),
-    })
+    }))
 }
 
 /// Owns this node's subscription counts, so that SUBSCRIBE and UNSUBSCRIBE

@@ -1,20 +1,24 @@
-//! Fan-out: from a publication the engine hands over to the queues of the
-//! node's subscribers.
+//! Fan-out: from what the engine hands over (messages, presence changes)
+//! to the queues of the node's subscribers.
 //!
-//! The engine calls [`Sink::deliver`] in offset order per channel, possibly
-//! under one of its locks, so delivering only appends to one of [`LANES`]
-//! ordered lanes (chosen by channel). A lane's work runs as a tokio task,
-//! started when the lane gets work and ending when it is empty: one channel's
-//! publications stay in order, and a channel whose plugin `filter`s runs
-//! that call on the blocking pool, so a slow plugin holds up its lane only,
-//! never an engine lock, another lane or a tokio worker.
+//! The engine calls [`Sink::deliver`] and [`Sink::presence`] in order per
+//! channel, possibly under one of its locks. Each channel belongs to one of
+//! [`LANES`] ordered lanes. Work that needs no plugin call (a message on a
+//! channel without a `filter`, a join or a leave) is done at once by the
+//! caller when its lane is idle: offering a shared pointer to each queue is
+//! cheap, and the push is queued before `publish` returns (as a client that
+//! publishes and then asks expects). Anything else, and anything that
+//! arrives while the lane is busy, waits in the lane, which a tokio task
+//! drains in order; a `filter` call runs on the blocking pool, so a slow
+//! plugin holds up its lane only, never an engine lock, another lane or a
+//! tokio worker.
 //!
-//! A lane's backlog is bounded: past [`LANE_BACKLOG`] publications waiting,
-//! the lane's channels are interrupted (their subscribers told to recover)
-//! and the backlog dropped, rather than queueing without end behind a plugin
+//! A lane's backlog is bounded: past [`LANE_BACKLOG`] items waiting, the
+//! lane's channels are interrupted (their subscribers told to recover) and
+//! the backlog dropped, rather than queueing without end behind a plugin
 //! that cannot keep up.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,19 +26,20 @@ use std::sync::{Arc, Mutex, OnceLock};
 use axum::extract::ws::Utf8Bytes;
 
 use super::queue::Offered;
-use super::{lock, single_line, Inner, Push};
+use super::subscribers::presence_push;
+use super::{lock, single_line, Connection, Inner, Push};
 use crate::channel::ChannelName;
-use crate::engine::{Position, Publication, Sink};
+use crate::engine::{Position, PresenceEvent, Publication, Sink};
 use crate::plugins::{Delivery, Governor};
 use crate::protocol;
 
 /// Ordered delivery lanes per node.
 pub(super) const LANES: usize = 64;
 
-/// Publications one lane may hold before its channels are interrupted.
+/// Items one lane may hold before its channels are interrupted.
 pub(super) const LANE_BACKLOG: usize = 65_536;
 
-/// One ordered lane of publications waiting for their fan-out.
+/// One ordered lane of work waiting for its fan-out.
 #[derive(Default)]
 pub(super) struct Lane {
     state: Mutex<LaneState>,
@@ -50,15 +55,119 @@ impl Lane {
 
 #[derive(Default)]
 struct LaneState {
-    waiting: VecDeque<Publication>,
-    /// A task is draining this lane.
+    waiting: VecDeque<Work>,
+    /// Somebody (a task, or a caller doing plain work) is working the lane.
     running: bool,
+}
+
+/// What a lane carries.
+enum Work {
+    Message(Publication),
+    Presence(PresenceEvent),
+}
+
+impl Work {
+    fn channel(&self) -> &ChannelName {
+        match self {
+            Work::Message(p) => &p.channel,
+            Work::Presence(e) => &e.channel,
+        }
+    }
+}
+
+/// How a lane took new work.
+enum Taken {
+    /// Queued behind other work (a task drains it).
+    Queued,
+    /// The lane was idle and is now the caller's: do the work, then release.
+    Claimed(Work),
+    /// The backlog overflowed and was dropped, with these channels.
+    Overflowed(Vec<ChannelName>),
 }
 
 impl Inner {
     pub(super) fn lane_of(&self, channel: &ChannelName) -> usize {
         // Another hash than the shards' would do as well; the same one is free.
         self.hasher.hash_one(channel) as usize % self.lanes.len()
+    }
+
+    /// Hands `work` to its lane: done here and now when the lane is idle and
+    /// the work is plain, else queued for the lane's task.
+    fn take(&self, work: Work) {
+        let i = self.lane_of(work.channel());
+        let plain = match &work {
+            Work::Message(p) => !self.filters(&p.channel),
+            Work::Presence(_) => true,
+        };
+        let taken = {
+            let mut state = lock(&self.lanes[i].state);
+            if state.waiting.len() >= LANE_BACKLOG {
+                let mut dropped: Vec<ChannelName> = state
+                    .waiting
+                    .drain(..)
+                    .map(|w| w.channel().clone())
+                    .collect();
+                dropped.push(work.channel().clone());
+                Taken::Overflowed(dropped)
+            } else if !state.running && plain {
+                state.running = true;
+                Taken::Claimed(work)
+            } else {
+                state.waiting.push_back(work);
+                if std::mem::replace(&mut state.running, true) {
+                    Taken::Queued
+                } else {
+                    drop(state);
+                    self.start_lane(i);
+                    Taken::Queued
+                }
+            }
+        };
+        match taken {
+            Taken::Queued => {}
+            Taken::Claimed(work) => {
+                match work {
+                    Work::Message(publication) => {
+                        self.offer_all(
+                            &publication.channel,
+                            &Variants::Everyone(message(&publication)),
+                        );
+                    }
+                    Work::Presence(event) => self.announce(&event),
+                }
+                self.release(i);
+            }
+            Taken::Overflowed(dropped) => {
+                // Dropping a whole backlog leaves no subscriber of these
+                // channels with a silent gap: they are all told to recover.
+                let mut seen = HashSet::new();
+                for channel in dropped {
+                    if seen.insert(channel.clone()) {
+                        self.interrupt(Some(&channel));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends a caller's turn on lane `i`: work queued meanwhile goes to a task.
+    fn release(&self, i: usize) {
+        let mut state = lock(&self.lanes[i].state);
+        if state.waiting.is_empty() {
+            state.running = false;
+        } else {
+            drop(state);
+            self.start_lane(i);
+        }
+    }
+
+    fn start_lane(&self, i: usize) {
+        match self.me.upgrade() {
+            Some(me) => {
+                tokio::spawn(me.run_lane(i));
+            }
+            None => lock(&self.lanes[i].state).running = false,
+        }
     }
 
     /// Drains lane `i` until it is empty, then ends.
@@ -72,22 +181,30 @@ impl Inner {
                 }
                 std::mem::take(&mut state.waiting)
             };
-            for publication in batch {
-                self.fan_out(publication).await;
+            for work in batch {
+                match work {
+                    Work::Message(publication) => self.fan_out(publication).await,
+                    Work::Presence(event) => self.announce(&event),
+                }
             }
         }
     }
 
+    fn filters(&self, channel: &ChannelName) -> bool {
+        self.registry
+            .governing(channel.namespace())
+            .is_some_and(|g| g.filters())
+    }
+
     /// Queues `publication` for every local subscriber of its channel (as
     /// its audience gets it); buffers it for subscribers still attaching.
-    pub(super) async fn fan_out(&self, publication: Publication) {
-        let original = Arc::new(Push::new(&publication, &publication.data));
+    async fn fan_out(&self, publication: Publication) {
+        let original = message(&publication);
         let governor = self
             .registry
             .governing(publication.channel.namespace())
             .filter(Governor::filters);
         let variants = match governor {
-            // The common case: one frame for everybody.
             None => Variants::Everyone(original),
             Some(governor) => {
                 let audiences: Vec<String> = {
@@ -109,15 +226,21 @@ impl Inner {
                 )
             }
         };
+        self.offer_all(&publication.channel, &variants);
+    }
+
+    /// Offers a message to every subscriber of `channel` (buffering it for
+    /// those still attaching), cutting off whoever overflows.
+    fn offer_all(&self, channel: &ChannelName, variants: &Variants) {
         let mut overflowed = Vec::new();
         let mut delivered = 0;
         {
-            let mut shard = self.shard(&publication.channel);
-            let Some(subscribers) = shard.get_mut(&publication.channel) else {
+            let mut shard = self.shard(channel);
+            let Some(subscribers) = shard.get_mut(channel) else {
                 return;
             };
             for (id, subscriber) in &subscribers.by_connection {
-                let push = match &variants {
+                let push = match variants {
                     Variants::Everyone(push) => push,
                     Variants::PerAudience(map) => match map.get(&subscriber.audience) {
                         Some(push) => push,
@@ -125,6 +248,13 @@ impl Inner {
                     },
                 };
                 if subscribers.attaching.buffer(*id, push) {
+                    continue;
+                }
+                if push
+                    .position
+                    .as_ref()
+                    .is_some_and(|p| p.offset <= subscriber.start)
+                {
                     continue;
                 }
                 let connection = &subscriber.connection;
@@ -136,6 +266,31 @@ impl Inner {
             }
         }
         self.deliveries.fetch_add(delivered, Ordering::Relaxed);
+        self.cut_overflowed(overflowed);
+    }
+
+    /// Queues a `join` or `leave` for every local subscriber of the channel
+    /// but the connection that caused it. Under the shard lock, so everybody
+    /// here sees one channel's joins and leaves in the same order.
+    fn announce(&self, event: &PresenceEvent) {
+        let push = presence_push(event);
+        let own = event.node.as_ref() == self.engine.presence().node();
+        let mut overflowed: Vec<Arc<Connection>> = Vec::new();
+        {
+            let shard = self.shard(&event.channel);
+            let Some(subscribers) = shard.get(&event.channel) else {
+                return;
+            };
+            for (id, subscriber) in &subscribers.by_connection {
+                if own && *id == event.connection {
+                    continue;
+                }
+                let connection = &subscriber.connection;
+                if connection.offer(&push, &self.limits) == Offered::Overflowed {
+                    overflowed.push(connection.clone());
+                }
+            }
+        }
         self.cut_overflowed(overflowed);
     }
 
@@ -163,31 +318,11 @@ pub(crate) const INTERRUPTED: &str =
 
 impl Sink for Inner {
     fn deliver(&self, publication: Publication) {
-        let i = self.lane_of(&publication.channel);
-        let start = {
-            let mut state = lock(&self.lanes[i].state);
-            if state.waiting.len() >= LANE_BACKLOG {
-                // Dropping a whole backlog leaves no subscriber of these
-                // channels with a silent gap: they are all told to recover.
-                let dropped: Vec<ChannelName> =
-                    state.waiting.drain(..).map(|p| p.channel).collect();
-                drop(state);
-                let mut seen = std::collections::HashSet::new();
-                for channel in dropped.iter().chain([&publication.channel]) {
-                    if seen.insert(channel.clone()) {
-                        self.interrupt(Some(channel));
-                    }
-                }
-                return;
-            }
-            state.waiting.push_back(publication);
-            !std::mem::replace(&mut state.running, true)
-        };
-        if start {
-            if let Some(me) = self.me.upgrade() {
-                tokio::spawn(me.run_lane(i));
-            }
-        }
+        self.take(Work::Message(publication));
+    }
+
+    fn presence(&self, event: PresenceEvent) {
+        self.take(Work::Presence(event));
     }
 
     fn interrupted(&self, channel: Option<&ChannelName>) {
@@ -200,6 +335,10 @@ enum Variants {
     Everyone(Arc<Push>),
     /// Audiences missing from the map were skipped by the plugin's `filter`.
     PerAudience(HashMap<Arc<str>, Arc<Push>>),
+}
+
+fn message(publication: &Publication) -> Arc<Push> {
+    Arc::new(Push::new(publication, &publication.data))
 }
 
 /// One push per audience, from the plugin's `filter` called on the blocking

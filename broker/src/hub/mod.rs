@@ -20,7 +20,8 @@ use tokio::sync::{Notify, Semaphore};
 use crate::auth::Identity;
 use crate::channel::ChannelName;
 use crate::engine::{
-    Engine, EngineError, EngineStats, HistoryPolicy, Outgoing, Position, Publication, Sink, Stored,
+    Change, Engine, EngineError, EngineStats, HistoryPolicy, Outgoing, Position, PresenceEvent,
+    Publication, Sink, Stored,
 };
 use crate::plugins::{
     Delivery, Governor, LiveRegistry, PublishSource, PublishVerdict, SubscribeVerdict,
@@ -323,9 +324,7 @@ impl Drop for Registration {
                     }
                 }
             }
-            let mut overflowed = Vec::new();
-            inner.detach_all(&self.connection, &mut overflowed);
-            inner.cut_overflowed(overflowed);
+            inner.detach_all(&self.connection);
         }
     }
 }
@@ -544,21 +543,14 @@ impl Hub {
             });
         // Registered first, buffering: whatever arrives while the engine
         // attaches is kept, and sorted out once the position is known.
-        let replaced;
-        let mut overflowed = Vec::new();
-        {
+        let (replaced, joined) = {
             let mut shard = self.inner.shard(channel);
             let subscribers = shard.entry(channel.clone()).or_default();
-            replaced = subscribers.by_connection.contains_key(&connection.id);
+            let replaced = subscribers.by_connection.contains_key(&connection.id);
             subscribers.attaching.begin(connection.id);
-            if let Some(join) =
-                subscribers.insert(channel, connection.clone(), audience.clone(), membership)
-            {
-                self.inner
-                    .announce(subscribers, &join, connection.id, &mut overflowed);
-            }
-        }
-        self.inner.cut_overflowed(overflowed);
+            let joined = subscribers.insert(connection.clone(), audience.clone(), membership);
+            (replaced, joined)
+        };
         let attached = self
             .inner
             .engine
@@ -567,14 +559,22 @@ impl Hub {
         let attached = match attached {
             Ok(attached) => attached,
             Err(error) => {
-                // Nothing was counted by the engine: only the local entry goes.
-                let mut overflowed = Vec::new();
-                self.inner
-                    .remove_local(channel, connection.id, &mut overflowed);
-                self.inner.cut_overflowed(overflowed);
+                // Nothing was counted by the engine, nor joined: only the
+                // local entry goes.
+                self.inner.remove_local(channel, connection.id);
                 return Err(engine_refusal(&error));
             }
         };
+        if let Some(member) = joined {
+            let event = self
+                .inner
+                .presence_event(channel, Change::Join, &member, connection.id);
+            if let Err(error) = self.inner.engine.presence().join(event).await {
+                self.inner.remove_local(channel, connection.id);
+                self.inner.engine.detach(channel);
+                return Err(engine_refusal(&error));
+            }
+        }
         self.inner.go_live(channel, connection, &attached.position);
         if replaced {
             // One subscription, counted twice by the engine.
@@ -766,24 +766,25 @@ impl Hub {
         Ok(positions)
     }
 
-    /// Who is subscribed to `channel`, for a client that may subscribe to it.
-    pub(crate) fn presence_for(
+    /// Who is subscribed to `channel` (on any node), for a client that may
+    /// subscribe to it.
+    pub(crate) async fn presence_for(
         &self,
         connection: &Connection,
         channel: &ChannelName,
     ) -> Result<Vec<Presence>, Refusal> {
         let governor = self.governor(channel)?;
         authorize(&governor, channel, connection.identity().as_deref())?;
-        self.members(&governor, channel)
+        self.members(&governor, channel).await
     }
 
-    /// Who is subscribed to `channel`, as Stud.IP's server sees it.
-    pub(crate) fn presence(&self, channel: &ChannelName) -> Result<Vec<Presence>, Refusal> {
+    /// Who is subscribed to `channel` (on any node), as Stud.IP's server sees it.
+    pub(crate) async fn presence(&self, channel: &ChannelName) -> Result<Vec<Presence>, Refusal> {
         let governor = self.governor(channel)?;
-        self.members(&governor, channel)
+        self.members(&governor, channel).await
     }
 
-    fn members(
+    async fn members(
         &self,
         governor: &Governor,
         channel: &ChannelName,
@@ -795,12 +796,22 @@ impl Hub {
                 governor.plugin_name()
             )));
         }
-        Ok(self
+        let members = self
             .inner
-            .shard(channel)
-            .get(channel)
-            .map(Subscribers::members)
-            .unwrap_or_default())
+            .engine
+            .presence()
+            .members(channel)
+            .await
+            .map_err(|e| engine_refusal(&e))?;
+        Ok(members
+            .into_iter()
+            .map(|member| Presence {
+                user: member.user,
+                info: Arc::new(
+                    serde_json::from_str(&member.info).unwrap_or_else(|_| serde_json::json!({})),
+                ),
+            })
+            .collect())
     }
 
     /// Channels with at least one subscriber on this node whose name starts
@@ -1019,50 +1030,53 @@ impl Inner {
     }
 
     /// Ends `connection`'s subscription to `channel` (the caller has taken
-    /// it out of the connection's own set); cuts off whoever overflows on
-    /// the `leave` push.
+    /// it out of the connection's own set): its presence leaves if it was
+    /// its user's last connection here, and the engine is told.
     fn detach(&self, channel: &ChannelName, connection: u64) {
-        let mut overflowed = Vec::new();
-        self.detach_collecting(channel, connection, &mut overflowed);
-        self.cut_overflowed(overflowed);
-    }
-
-    /// [`Self::detach`] without the cutting: connections that overflowed on
-    /// the `leave` push are added to `overflowed`, to be cut off once no
-    /// shard is locked.
-    fn detach_collecting(
-        &self,
-        channel: &ChannelName,
-        connection: u64,
-        overflowed: &mut Vec<Arc<Connection>>,
-    ) {
+        let (removed, left) = self.remove_local(channel, connection);
+        if let Some(member) = left {
+            let event = self.presence_event(channel, Change::Leave, &member, connection);
+            self.engine.presence().leave(event);
+        }
         // After the hub's lock is released: the engine may call the sink
         // under its own locks.
-        if self.remove_local(channel, connection, overflowed) {
+        if removed {
             self.engine.detach(channel);
         }
     }
 
-    /// Takes `connection` out of the channel's local subscribers (announcing
-    /// a `leave`); true if it was there. The engine is not told.
-    fn remove_local(
-        &self,
-        channel: &ChannelName,
-        connection: u64,
-        overflowed: &mut Vec<Arc<Connection>>,
-    ) -> bool {
+    /// Takes `connection` out of the channel's local subscribers; whether
+    /// it was there, and its member if that was the user's last connection
+    /// here. Neither the engine nor presence is told.
+    fn remove_local(&self, channel: &ChannelName, connection: u64) -> (bool, Option<Presence>) {
         let mut shard = self.shard(channel);
         let Some(subscribers) = shard.get_mut(channel) else {
-            return false;
+            return (false, None);
         };
         let removed = subscribers.by_connection.contains_key(&connection);
-        if let Some(leave) = subscribers.remove(channel, connection) {
-            self.announce(subscribers, &leave, connection, overflowed);
-        }
+        let left = subscribers.remove(connection);
         if subscribers.is_empty() {
             shard.remove(channel);
         }
-        removed
+        (removed, left)
+    }
+
+    /// A presence change of `member` caused by `connection` on this node.
+    fn presence_event(
+        &self,
+        channel: &ChannelName,
+        change: Change,
+        member: &Presence,
+        connection: u64,
+    ) -> PresenceEvent {
+        PresenceEvent {
+            channel: channel.clone(),
+            change,
+            user: member.user.clone(),
+            info: Arc::from(member.info.to_string()),
+            node: Arc::from(self.engine.presence().node()),
+            connection,
+        }
     }
 
     /// Ends the buffering of a subscriber whose attach returned `position`:
@@ -1072,6 +1086,9 @@ impl Inner {
     fn go_live(&self, channel: &ChannelName, connection: &Arc<Connection>, position: &Position) {
         let mut overflowed = false;
         if let Some(subscribers) = self.shard(channel).get_mut(channel) {
+            if let Some(subscriber) = subscribers.by_connection.get_mut(&connection.id) {
+                subscriber.start = position.offset;
+            }
             for push in subscribers.attaching.end(connection.id) {
                 let after = push
                     .position
@@ -1089,35 +1106,29 @@ impl Inner {
     }
 
     /// Ends every subscription of `connection` (and with them its presence).
-    fn detach_all(&self, connection: &Connection, overflowed: &mut Vec<Arc<Connection>>) {
+    fn detach_all(&self, connection: &Connection) {
         let channels: Vec<ChannelName> = lock(&connection.channels).drain().collect();
         for channel in channels {
-            self.detach_collecting(&channel, connection.id, overflowed);
+            self.detach(&channel, connection.id);
         }
     }
 
     /// Cuts `connection` off: marks it (its transport closes with `reason`)
     /// and detaches it from every channel right away, whether or not its
-    /// transport is stuck in a write. The `leave` pushes may overflow other
-    /// queues; those are cut off in turn (a work list, no recursion). Must
-    /// be called with no shard locked. False if it was cut off already.
+    /// transport is stuck in a write. Must be called with no shard locked.
+    /// False if it was cut off already.
     fn cut(&self, connection: &Connection, reason: CutOff) -> bool {
         if !self.mark(connection, reason) {
             return false;
         }
-        let mut overflowed = Vec::new();
-        self.detach_all(connection, &mut overflowed);
-        self.cut_overflowed(overflowed);
+        self.detach_all(connection);
         true
     }
 
-    /// Cuts off slow consumers found under a shard lock, and any that
-    /// overflow on the `leave` pushes this causes.
-    fn cut_overflowed(&self, mut overflowed: Vec<Arc<Connection>>) {
-        while let Some(connection) = overflowed.pop() {
-            if self.mark(&connection, CutOff::SlowConsumer) {
-                self.detach_all(&connection, &mut overflowed);
-            }
+    /// Cuts off slow consumers found under a shard lock.
+    fn cut_overflowed(&self, overflowed: Vec<Arc<Connection>>) {
+        for connection in overflowed {
+            self.cut(&connection, CutOff::SlowConsumer);
         }
     }
 
@@ -1127,27 +1138,6 @@ impl Inner {
             self.cut_offs.fetch_add(1, Ordering::Relaxed);
         }
         first
-    }
-
-    /// Queues a presence push for every subscriber but `except` (the
-    /// connection that joined or left). Called under the shard lock, so
-    /// join and leave of one channel reach everybody in the same order;
-    /// whoever overflows goes into `overflowed`.
-    fn announce(
-        &self,
-        subscribers: &Subscribers,
-        push: &Arc<Push>,
-        except: u64,
-        overflowed: &mut Vec<Arc<Connection>>,
-    ) {
-        for (id, subscriber) in &subscribers.by_connection {
-            if *id != except {
-                let connection = &subscriber.connection;
-                if connection.offer(push, &self.limits) == Offered::Overflowed {
-                    overflowed.push(connection.clone());
-                }
-            }
-        }
     }
 
     /// Keeps `connection` on `channel` if `governor` (the one in force now)

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::{Connection, Push};
 use crate::channel::ChannelName;
+use crate::engine::PresenceEvent;
 
 #[derive(Default)]
 pub(super) struct Subscribers {
@@ -30,6 +31,10 @@ pub(super) struct Subscriber {
     /// The user this subscription counts for in presence; `None` where
     /// presence is off or the connection is anonymous.
     member: Option<Arc<str>>,
+    /// The channel's offset when the subscription went live: messages at or
+    /// below it are in that position (or were replayed) and are skipped; a
+    /// fan-out still running for one of them must not deliver it twice.
+    pub(super) start: u64,
 }
 
 /// Messages for subscribers that are registered but not live yet: they go
@@ -84,26 +89,29 @@ pub(super) struct Membership {
 }
 
 impl Subscribers {
-    /// Adds (or replaces) `connection`'s subscription. Returns the `join`
-    /// push the other subscribers get when this makes a new member.
+    /// Adds (or replaces) `connection`'s subscription. Returns the member
+    /// when this makes its user present here (its first connection).
     pub(super) fn insert(
         &mut self,
-        channel: &ChannelName,
         connection: Arc<Connection>,
         audience: Arc<str>,
         membership: Option<Membership>,
-    ) -> Option<Arc<Push>> {
+    ) -> Option<Presence> {
         let id = connection.id();
-        let mut leave = None;
-        if self.by_connection.contains_key(&id) {
-            leave = self.remove(channel, id);
+        // A replaced subscription keeps its user present: no join, no leave.
+        let replaced = self.by_connection.contains_key(&id);
+        if replaced {
+            self.remove(id);
         }
         *self.audiences.entry(audience.clone()).or_default() += 1;
-        let mut join = None;
+        let mut joined = None;
         let member = membership.map(|Membership { user, info }| {
             let member = self.members.entry(user.clone()).or_insert_with(|| {
                 let info = Arc::new(info.unwrap_or_else(|| json!({})));
-                join = Some(presence_push("join", channel, &user, &info));
+                joined = Some(Presence {
+                    user: user.clone(),
+                    info: info.clone(),
+                });
                 Member {
                     connections: 0,
                     info,
@@ -118,18 +126,15 @@ impl Subscribers {
                 connection,
                 audience,
                 member,
+                start: 0,
             },
         );
-        // A replaced subscription of the same user leaves nothing to announce.
-        match (leave, join) {
-            (Some(_), Some(_)) | (None, None) => None,
-            (leave, join) => join.or(leave),
-        }
+        joined.filter(|_| !replaced)
     }
 
-    /// Ends `connection`'s subscription. Returns the `leave` push for the
-    /// remaining subscribers when its user has no other connection here.
-    pub(super) fn remove(&mut self, channel: &ChannelName, connection: u64) -> Option<Arc<Push>> {
+    /// Ends `connection`'s subscription. Returns the member when its user
+    /// has no other connection here any more.
+    pub(super) fn remove(&mut self, connection: u64) -> Option<Presence> {
         let old = self.by_connection.remove(&connection)?;
         self.attaching.end(connection);
         self.forget_audience(&old.audience);
@@ -140,7 +145,10 @@ impl Subscribers {
             return None;
         }
         let member = self.members.remove(&user)?;
-        Some(presence_push("leave", channel, &user, &member.info))
+        Some(Presence {
+            user,
+            info: member.info,
+        })
     }
 
     /// Changes the audience of a subscription (after a plugin reload); the
@@ -178,7 +186,8 @@ impl Subscribers {
         self.by_connection.is_empty()
     }
 
-    /// Members sorted by user id.
+    /// Members sorted by user id (the node's own; listings ask the engine).
+    #[cfg(test)]
     pub(super) fn members(&self) -> Vec<Presence> {
         let mut members: Vec<Presence> = self
             .members
@@ -193,16 +202,21 @@ impl Subscribers {
     }
 }
 
-fn presence_push(
-    kind: &'static str,
-    channel: &ChannelName,
-    user: &str,
-    info: &serde_json::Value,
-) -> Arc<Push> {
-    let frame = json!({"type": kind, "channel": channel.as_str(), "user": user, "info": info});
+/// The `join` or `leave` push of `event`.
+pub(super) fn presence_push(event: &PresenceEvent) -> Arc<Push> {
+    // The info is JSON text from the plugin (or from the engine, which
+    // stored the plugin's): embedded as is when it parses, else `{}`.
+    let info = serde_json::value::RawValue::from_string(event.info.to_string())
+        .unwrap_or_else(|_| serde_json::value::RawValue::from_string("{}".into()).unwrap());
+    let frame = json!({
+        "type": event.change.as_str(),
+        "channel": event.channel.as_str(),
+        "user": &*event.user,
+        "info": info,
+    });
     Arc::new(Push {
-        channel: channel.clone(),
-        kind,
+        channel: event.channel.clone(),
+        kind: event.change.as_str(),
         position: None,
         frame: frame.to_string().into(),
         signed_position: OnceLock::new(),
@@ -230,10 +244,6 @@ mod tests {
 
     use super::*;
 
-    fn channel() -> ChannelName {
-        ChannelName::parse("course:abc").unwrap()
-    }
-
     fn connection(id: u64) -> Arc<Connection> {
         Arc::new(Connection {
             id,
@@ -252,53 +262,55 @@ mod tests {
         })
     }
 
-    fn parsed(push: Option<Arc<Push>>) -> Option<serde_json::Value> {
-        push.map(|p| serde_json::from_str(p.frame.as_str()).unwrap())
+    fn user(member: Option<Presence>) -> Option<String> {
+        member.map(|m| m.user.to_string())
     }
 
     #[test]
     fn a_user_joins_once_and_leaves_with_the_last_connection() {
-        let (c, mut subscribers) = (channel(), Subscribers::default());
-        let join = subscribers.insert(&c, connection(1), Arc::from(""), member("ann", "Ann"));
+        let mut subscribers = Subscribers::default();
+        let joined = subscribers
+            .insert(connection(1), Arc::from(""), member("ann", "Ann"))
+            .unwrap();
         assert_eq!(
-            parsed(join),
-            Some(
-                json!({"type": "join", "channel": "course:abc", "user": "ann", "info": {"name": "Ann"}})
-            )
+            (&*joined.user, &*joined.info),
+            ("ann", &json!({"name": "Ann"}))
         );
         assert!(subscribers
-            .insert(&c, connection(2), Arc::from(""), member("ann", "Ann again"))
+            .insert(connection(2), Arc::from(""), member("ann", "Ann again"))
             .is_none());
         assert_eq!(subscribers.members().len(), 1);
         assert_eq!(*subscribers.members()[0].info, json!({"name": "Ann"}));
 
-        assert!(subscribers.remove(&c, 1).is_none(), "ann is still here");
-        let leave = parsed(subscribers.remove(&c, 2)).expect("last connection leaves");
-        assert_eq!(leave["type"], "leave");
-        assert_eq!(leave["user"], "ann");
+        assert!(subscribers.remove(1).is_none(), "ann is still here");
+        assert_eq!(
+            user(subscribers.remove(2)).as_deref(),
+            Some("ann"),
+            "the last connection leaves"
+        );
         assert!(subscribers.members().is_empty());
         assert!(subscribers.is_empty());
     }
 
     #[test]
     fn subscribers_without_membership_are_not_members() {
-        let (c, mut subscribers) = (channel(), Subscribers::default());
+        let mut subscribers = Subscribers::default();
         assert!(subscribers
-            .insert(&c, connection(1), Arc::from(""), None)
+            .insert(connection(1), Arc::from(""), None)
             .is_none());
         assert!(subscribers.members().is_empty());
-        assert!(subscribers.remove(&c, 1).is_none());
+        assert!(subscribers.remove(1).is_none());
     }
 
     #[test]
     fn members_are_sorted_and_info_defaults_to_an_empty_object() {
-        let (c, mut subscribers) = (channel(), Subscribers::default());
+        let mut subscribers = Subscribers::default();
         for (id, user) in [(1, "zoe"), (2, "bob"), (3, "max")] {
             let membership = Membership {
                 user: Arc::from(user),
                 info: None,
             };
-            subscribers.insert(&c, connection(id), Arc::from(""), Some(membership));
+            subscribers.insert(connection(id), Arc::from(""), Some(membership));
         }
         let members = subscribers.members();
         let users: Vec<&str> = members.iter().map(|m| &*m.user).collect();
@@ -308,14 +320,14 @@ mod tests {
 
     #[test]
     fn reassigning_moves_the_audience_count() {
-        let (c, mut subscribers) = (channel(), Subscribers::default());
-        subscribers.insert(&c, connection(1), Arc::from("a"), member("ann", "Ann"));
-        subscribers.insert(&c, connection(2), Arc::from("a"), member("bob", "Bob"));
+        let mut subscribers = Subscribers::default();
+        subscribers.insert(connection(1), Arc::from("a"), member("ann", "Ann"));
+        subscribers.insert(connection(2), Arc::from("a"), member("bob", "Bob"));
         subscribers.reassign(1, Arc::from("b"), Some(json!({"name": "Ann B."})));
         assert_eq!(subscribers.audiences.get("a"), Some(&1));
         assert_eq!(subscribers.audiences.get("b"), Some(&1));
         assert_eq!(*subscribers.members()[0].info, json!({"name": "Ann B."}));
-        subscribers.remove(&c, 2);
+        subscribers.remove(2);
         assert_eq!(subscribers.audiences.get("a"), None);
     }
 }

@@ -47,6 +47,7 @@ fn capped_hub(
         let lifetimes = Lifetimes {
             channel_idle: Duration::from_secs(60),
             max_history_bytes: u64::MAX,
+            node_timeout: Duration::from_secs(1),
         };
         Arc::new(MemoryEngine::new(sink, lifetimes)) as Arc<dyn Engine>
     });

@@ -594,16 +594,7 @@ impl Session {
             CommandKind::Publish { channel, data } => {
                 self.publish(id, &channel, data.get(), registration).await
             }
-            CommandKind::Presence { channel } => hub::parse_channel(&channel).and_then(|channel| {
-                let members = self.app.hub.presence_for(registration, &channel)?;
-                Ok(json!({
-                    "id": id,
-                    "type": "presence",
-                    "channel": channel.as_str(),
-                    "members": members,
-                })
-                .to_string())
-            }),
+            CommandKind::Presence { channel } => self.presence(id, &channel, registration).await,
             CommandKind::Refresh { token } => self.refresh(id, &token, registration),
             CommandKind::Ping => Ok(json!({"id": id, "type": "pong"}).to_string()),
         };
@@ -640,6 +631,23 @@ impl Session {
         }
         self.replay = subscribed.missed.unwrap_or_default();
         Ok(reply.to_string())
+    }
+
+    async fn presence(
+        &mut self,
+        id: u64,
+        channel: &str,
+        registration: &Registration,
+    ) -> Result<String, Refusal> {
+        let channel = hub::parse_channel(channel)?;
+        let members = self.app.hub.presence_for(registration, &channel).await?;
+        Ok(json!({
+            "id": id,
+            "type": "presence",
+            "channel": channel.as_str(),
+            "members": members,
+        })
+        .to_string())
     }
 
     async fn history(
