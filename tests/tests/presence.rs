@@ -375,3 +375,27 @@ async fn a_user_disconnected_by_stud_ip_leaves_once_and_every_tab_closes_with_40
     );
     assert_eq!(members(&mut bob).await, json!([{"user": BOB, "info": {}}]));
 }
+
+#[tokio::test]
+async fn a_refreshed_token_with_another_name_changes_the_listed_info_without_a_push() {
+    let server = start().await;
+    let mut ada = join(&server, ADA, member(Some("Ada"))).await;
+    let mut bob = join(&server, BOB, member(None)).await;
+    let token = server.mint(ADA, member(Some("Ada Lovelace")), Duration::from_secs(3600));
+    let reply = ada
+        .request(json!({"type": "refresh", "token": token}))
+        .await;
+    assert_ne!(reply["type"], "error", "{reply}");
+    let members = members(&mut bob).await;
+    let ada_info = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"] == ADA)
+        .map(|m| m["info"].clone());
+    assert_eq!(ada_info, Some(json!({"name": "Ada Lovelace"})));
+    assert!(
+        presence_events(&pushes_so_far(&mut bob).await).is_empty(),
+        "no join or leave for a changed name"
+    );
+}

@@ -69,6 +69,10 @@ pub(crate) trait Presence: Send + Sync {
     /// implementation that cannot record it now retries.
     fn leave(&self, event: PresenceEvent);
 
+    /// A present user's info changed (its subscription was checked again):
+    /// listings show the new one, nobody is told. Never blocks.
+    fn update(&self, event: PresenceEvent);
+
     /// The channel's members on all nodes, by user id.
     fn members<'a>(&'a self, channel: &'a ChannelName) -> EngineFuture<'a, Vec<Member>>;
 }
@@ -132,6 +136,16 @@ impl Presence for MemoryPresence {
 
     fn leave(&self, event: PresenceEvent) {
         self.announce(event);
+    }
+
+    fn update(&self, event: PresenceEvent) {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(info) = channels
+            .get_mut(&event.channel)
+            .and_then(|members| members.get_mut(&event.user))
+        {
+            *info = event.info;
+        }
     }
 
     fn members<'a>(&'a self, channel: &'a ChannelName) -> EngineFuture<'a, Vec<Member>> {

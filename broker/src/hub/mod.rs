@@ -1162,8 +1162,13 @@ impl Inner {
         };
         match verdict {
             Ok((audience, info)) => {
-                if let Some(subscribers) = self.shard(channel).get_mut(channel) {
-                    subscribers.reassign(connection.id, audience, info);
+                let updated = self
+                    .shard(channel)
+                    .get_mut(channel)
+                    .and_then(|subscribers| subscribers.reassign(connection.id, audience, info));
+                if let Some(member) = updated {
+                    let event = self.presence_event(channel, Change::Join, &member, connection.id);
+                    self.engine.presence().update(event);
                 }
                 outcome.kept += 1;
             }

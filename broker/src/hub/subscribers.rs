@@ -152,25 +152,26 @@ impl Subscribers {
     }
 
     /// Changes the audience of a subscription (after a plugin reload); the
-    /// member's info is replaced too, without a push.
+    /// member's info is replaced too, without a push. Returns the member
+    /// when its info was replaced.
     pub(super) fn reassign(
         &mut self,
         connection: u64,
         audience: Arc<str>,
         info: Option<serde_json::Value>,
-    ) {
-        let Some(subscriber) = self.by_connection.get_mut(&connection) else {
-            return;
-        };
+    ) -> Option<Presence> {
+        let subscriber = self.by_connection.get_mut(&connection)?;
         let old = std::mem::replace(&mut subscriber.audience, audience.clone());
         let member = subscriber.member.clone();
         *self.audiences.entry(audience).or_default() += 1;
         self.forget_audience(&old);
-        if let (Some(user), Some(info)) = (member, info) {
-            if let Some(member) = self.members.get_mut(&user) {
-                member.info = Arc::new(info);
-            }
-        }
+        let (user, info) = (member?, info?);
+        let member = self.members.get_mut(&user)?;
+        member.info = Arc::new(info);
+        Some(Presence {
+            user,
+            info: member.info.clone(),
+        })
     }
 
     fn forget_audience(&mut self, audience: &Arc<str>) {

@@ -49,6 +49,12 @@ end
 return 1
 ";
 
+const UPDATE: &str = r"
+-- KEYS: members. ARGV: user, info. Only a present user's.
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+";
+
 /// Undoes what a dead node added. Touches keys it is not given (the dead
 /// node's channels are only known inside): fine on one Redis, not on a
 /// Redis Cluster.
@@ -139,6 +145,7 @@ fn alive_key(node: &str) -> String {
 enum Op {
     Join(PresenceEvent, oneshot::Sender<Result<(), EngineError>>),
     Leave(PresenceEvent),
+    Update(PresenceEvent),
 }
 
 pub(crate) struct RedisPresence {
@@ -199,6 +206,10 @@ impl Presence for RedisPresence {
         let _ = self.ops.send(Op::Leave(event));
     }
 
+    fn update(&self, event: PresenceEvent) {
+        let _ = self.ops.send(Op::Update(event));
+    }
+
     fn members<'a>(&'a self, channel: &'a ChannelName) -> EngineFuture<'a, Vec<Member>> {
         let mut commands = self.commands.clone();
         Box::pin(async move {
@@ -230,6 +241,7 @@ async fn apply(
 ) {
     let join = Script::new(JOIN);
     let leave = Script::new(LEAVE);
+    let update = Script::new(UPDATE);
     let own = node_members_key(&node);
     while let Some(op) = ops.recv().await {
         match op {
@@ -246,6 +258,18 @@ async fn apply(
                     .invoke_async(&mut commands)
                     .await;
                 let _ = reply.send(result.map(drop).map_err(|e| unavailable(&e)));
+            }
+            Op::Update(event) => {
+                // Best effort: a lost update leaves the older info listed.
+                let result: Result<i64, _> = update
+                    .key(members_key(&event.channel))
+                    .arg(&*event.user)
+                    .arg(&*event.info)
+                    .invoke_async(&mut commands)
+                    .await;
+                if let Err(e) = result {
+                    tracing::warn!("redis: presence info of {} not updated: {e}", event.user);
+                }
             }
             Op::Leave(event) => {
                 let mut delay = Duration::from_millis(100);
