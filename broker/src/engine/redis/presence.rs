@@ -83,6 +83,9 @@ redis.call('SREM', 'stellwerk:nodes', id)
 return reaped
 "#;
 
+/// How long a leave is retried while Redis does not take it.
+const LEAVE_RETRY: Duration = Duration::from_secs(300);
+
 /// An event as it travels on pub/sub (after the `!`).
 #[derive(Debug, Serialize, Deserialize)]
 struct Wire<'a> {
@@ -233,7 +236,8 @@ impl Presence for RedisPresence {
 /// Applies joins and leaves one at a time, in the order the hub made them.
 /// A join that fails is answered with the error (the subscribe fails); a
 /// leave is retried until Redis takes it (it is idempotent), so that no
-/// member outlives its connections because of an outage.
+/// member outlives its connections because of an outage, for at most
+/// [`LEAVE_RETRY`], so that the joins queued behind it do not wait forever.
 async fn apply(
     mut ops: mpsc::UnboundedReceiver<Op>,
     mut commands: ConnectionManager,
@@ -273,6 +277,7 @@ async fn apply(
             }
             Op::Leave(event) => {
                 let mut delay = Duration::from_millis(100);
+                let give_up = tokio::time::Instant::now() + LEAVE_RETRY;
                 loop {
                     let result: Result<i64, _> = leave
                         .key(members_key(&event.channel))
@@ -285,6 +290,16 @@ async fn apply(
                         .invoke_async(&mut commands)
                         .await;
                     if result.is_ok() {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= give_up {
+                        // Listed until this node goes (and is reaped) or the
+                        // user leaves again; joins behind it must not wait forever.
+                        tracing::error!(
+                            user = %event.user,
+                            channel = %event.channel,
+                            "redis: presence leave not recorded after {LEAVE_RETRY:?}; given up"
+                        );
                         break;
                     }
                     tokio::time::sleep(delay).await;
