@@ -8,6 +8,10 @@ use serde_json::{json, Value};
 use stellwerk_e2e::redis::RedisServer;
 use stellwerk_e2e::{assert_http_error, Server, WsClient};
 
+/// One cluster at a time: each test starts up to three brokers plus a Redis, and on two cores
+/// several such tests at once starve each other past the clients' receive timeout.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn node(redis: &RedisServer, shared: Option<&Server>) -> Server {
     let mut builder = Server::builder()
         .env("STELLWERK_ENGINE_KIND", "redis")
@@ -37,6 +41,7 @@ async fn message(ws: &mut WsClient) -> Value {
 
 #[tokio::test]
 async fn a_message_published_on_one_node_reaches_every_node_in_order() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start();
     let nodes = cluster(&redis, 3).await;
     let (mut on_b, _) = nodes[1].subscriber("ann", "public:cluster").await;
@@ -73,6 +78,7 @@ async fn a_message_published_on_one_node_reaches_every_node_in_order() {
 
 #[tokio::test]
 async fn a_browser_whose_node_went_away_recovers_on_another() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start();
     let nodes = cluster(&redis, 2).await;
     let (mut ws, subscribed) = nodes[0].subscriber("ann", "public:recover").await;
@@ -108,6 +114,7 @@ async fn a_browser_whose_node_went_away_recovers_on_another() {
 
 #[tokio::test]
 async fn without_redis_publishing_is_unavailable_and_subscribers_are_told_to_recover() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut redis = RedisServer::start();
     let nodes = cluster(&redis, 2).await;
     let (mut ws, _) = nodes[1].subscriber("ann", "public:outage").await;
@@ -157,6 +164,7 @@ async fn without_redis_publishing_is_unavailable_and_subscribers_are_told_to_rec
 
 #[tokio::test]
 async fn a_node_that_cannot_reach_redis_at_start_exits_naming_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start();
     let url = redis.url();
     drop(redis);
@@ -214,6 +222,7 @@ async fn members(ws: &mut WsClient) -> Vec<String> {
 
 #[tokio::test]
 async fn presence_is_the_clusters_with_joins_and_leaves_across_nodes() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start();
     let nodes = cluster(&redis, 2).await;
     let mut ann = chat_member(&nodes[0], ANN, "Ann").await;
@@ -247,6 +256,7 @@ async fn presence_is_the_clusters_with_joins_and_leaves_across_nodes() {
 
 #[tokio::test]
 async fn the_members_of_a_node_killed_with_sigkill_leave_for_the_others() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start();
     let first = Server::builder()
         .env("STELLWERK_ENGINE_KIND", "redis")
@@ -275,4 +285,36 @@ async fn the_members_of_a_node_killed_with_sigkill_leave_for_the_others() {
     let result = first.publish_ok(CHAT, &json!({"text": "still here"})).await;
     let push = bob.recv_skipping_presence().await;
     assert_eq!(push["offset"], result["offset"], "{push}");
+}
+
+#[tokio::test]
+async fn disconnecting_a_user_and_listing_channels_answer_for_the_whole_cluster() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 3).await;
+    let (mut ann_on_a, _) = nodes[0].subscriber("ann", "public:x").await;
+    let (mut ann_on_c, _) = nodes[2].subscriber("ann", "public:x").await;
+    let (_bob_on_b, _) = nodes[1].subscriber("bob", "public:y").await;
+
+    let (status, body) = nodes[1].api_get("/api/channels?prefix=public:").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["channels"],
+        json!([{"channel": "public:x", "subscribers": 2},
+               {"channel": "public:y", "subscribers": 1}]),
+        "every node's subscribers, summed per channel"
+    );
+
+    // Stud.IP logs ann out through whichever node the load balancer picks.
+    let body = nodes[1].disconnect_user("ann").await;
+    assert_eq!(body["disconnected"], 2, "{body}");
+    for ws in [&mut ann_on_a, &mut ann_on_c] {
+        let (code, _) = ws.expect_close().await;
+        assert_eq!(code, 4003);
+    }
+    let (_, body) = nodes[0].api_get("/api/channels?prefix=public:").await;
+    assert_eq!(
+        body["channels"],
+        json!([{"channel": "public:y", "subscribers": 1}])
+    );
 }

@@ -33,6 +33,7 @@ pub(crate) async fn channels(
     let channels: Vec<Value> = app
         .hub
         .channels(&prefix)
+        .await?
         .into_iter()
         .map(|(channel, subscribers)| {
             json!({"channel": channel.as_str(), "subscribers": subscribers})

@@ -25,7 +25,7 @@ pub(crate) async fn disconnect(
     check_api_key(&app, &headers)?;
     let Path(user) = user.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_user(&user)?;
-    let disconnected = app.hub.disconnect_user(&user);
+    let disconnected = app.hub.disconnect_user(&user).await?;
     tracing::info!(
         user,
         disconnected,

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use super::{
     Change, Engine, EngineError, HistoryPolicy, Lifetimes, MemoryEngine, Outgoing, Position,
-    PresenceEvent, Publication, RedisEngine, Sink, Stored,
+    PresenceEvent, Publication, Question, RedisEngine, Sink, Stored,
 };
 use crate::channel::ChannelName;
 
@@ -39,6 +39,11 @@ impl Sink for Recorder {
     fn presence(&self, event: PresenceEvent) {
         self.presence.lock().unwrap().push(event);
         self.changed.notify_waiters();
+    }
+
+    /// Answers with what was asked, so that a test sees it arrived.
+    fn answer(&self, question: &Question) -> serde_json::Value {
+        serde_json::to_value(question).unwrap()
     }
 }
 
@@ -692,4 +697,31 @@ async fn redis_an_unreachable_server_fails_at_connect_with_its_address() {
         .await
         .unwrap_err();
     assert!(matches!(error, EngineError::Unavailable(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_question_reaches_every_other_node_and_their_answers_come_back() {
+    let redis = Redis::new();
+    let (a, _b, _c) = (
+        redis.node(IDLE).await,
+        redis.node(IDLE).await,
+        redis.node(IDLE).await,
+    );
+    let question = Question::Disconnect { user: "ann".into() };
+    let answers = a.engine.ask_others(&question).await.unwrap();
+    let want = serde_json::to_value(&question).unwrap();
+    assert_eq!(
+        answers,
+        [want.clone(), want],
+        "b and c answer, a does not ask itself"
+    );
+}
+
+#[tokio::test]
+async fn memory_has_nobody_else_to_ask() {
+    let node = Memory.node(IDLE).await;
+    let question = Question::Channels {
+        prefix: String::new(),
+    };
+    assert!(node.engine.ask_others(&question).await.unwrap().is_empty());
 }

@@ -644,6 +644,14 @@ impl Engine for MemoryEngine {
         &self.presence
     }
 
+    /// One node: nobody else to ask.
+    fn ask_others<'a>(
+        &'a self,
+        _: &'a super::Question,
+    ) -> EngineFuture<'a, Vec<serde_json::Value>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
     fn stats(&self) -> EngineStats {
         let (history_messages, history_bytes) = {
             let ages = lock(&self.ages);
@@ -679,6 +687,9 @@ mod tests {
         }
         fn interrupted(&self, _: Option<&ChannelName>) {}
         fn presence(&self, _: super::super::PresenceEvent) {}
+        fn answer(&self, _: &super::super::Question) -> serde_json::Value {
+            serde_json::Value::Null
+        }
     }
 
     impl MemoryEngine {
@@ -1117,6 +1128,9 @@ mod tests {
         }
         fn interrupted(&self, _: Option<&ChannelName>) {}
         fn presence(&self, _: super::super::PresenceEvent) {}
+        fn answer(&self, _: &super::super::Question) -> serde_json::Value {
+            serde_json::Value::Null
+        }
     }
 
     #[tokio::test]

@@ -33,6 +33,9 @@ pub(crate) use self::redis::RedisEngine;
 pub(crate) use memory::{Lifetimes, MemoryEngine};
 pub(crate) use presence::{Change, Presence, PresenceEvent};
 
+/// The pub/sub topic of questions between nodes.
+const CONTROL: &str = "stellwerk:control";
+
 /// A fresh stream generation: random, so a restarted broker (or a channel
 /// whose state was freed) never reuses one.
 fn new_epoch() -> Arc<str> {
@@ -104,6 +107,18 @@ pub(crate) struct EngineStats {
     pub(crate) history_evicted: u64,
 }
 
+/// What one node asks every other one (with several nodes): each hub answers
+/// for its own connections.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "q", rename_all = "snake_case")]
+pub(crate) enum Question {
+    /// Cut off every connection of `user`; the answer is how many there were.
+    Disconnect { user: String },
+    /// The channels with local subscribers whose name starts with `prefix`;
+    /// the answer is `[[name, subscriptions], …]`.
+    Channels { prefix: String },
+}
+
 /// Receives every publication of the channels the node is attached to, in
 /// offset order per channel. Called from engine internals (possibly under an
 /// engine lock): an implementation only queues.
@@ -118,6 +133,9 @@ pub(crate) trait Sink: Send + Sync {
     /// every channel when `None`: a Redis connection dropped, or an offset
     /// jumped or an epoch changed. Subscribers must recover from history.
     fn interrupted(&self, channel: Option<&ChannelName>);
+
+    /// Another node asks; the answer for this node's connections.
+    fn answer(&self, question: &Question) -> serde_json::Value;
 }
 
 /// Why an engine could not do what was asked. Its text is for the log only:
@@ -181,4 +199,9 @@ pub(crate) trait Engine: Send + Sync {
 
     /// Who is present on the engine's channels.
     fn presence(&self) -> &dyn Presence;
+
+    /// Asks every other node (none in memory) and collects their answers;
+    /// a node that does not answer within two seconds is left out.
+    fn ask_others<'a>(&'a self, question: &'a Question)
+        -> EngineFuture<'a, Vec<serde_json::Value>>;
 }

@@ -26,8 +26,10 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
+mod control;
 mod presence;
 
+use self::control::Asks;
 use self::presence::RedisPresence;
 use super::{
     new_epoch, Attached, Engine, EngineError, EngineFuture, EngineStats, HistoryPolicy, Lifetimes,
@@ -130,7 +132,7 @@ return {epoch, offsets, datas}
 ";
 
 /// Asks the subscription task to change what this node receives.
-enum Control {
+enum Subscription {
     /// One more local subscription; answered once the node is subscribed.
     Attach(ChannelName, oneshot::Sender<Result<(), EngineError>>),
     Detach(ChannelName),
@@ -138,7 +140,7 @@ enum Control {
 
 pub(crate) struct RedisEngine {
     commands: ConnectionManager,
-    control: mpsc::UnboundedSender<Control>,
+    subscriptions: mpsc::UnboundedSender<Subscription>,
     lifetimes: Lifetimes,
     publish: Script,
     attach: Script,
@@ -147,6 +149,8 @@ pub(crate) struct RedisEngine {
     attached: Arc<AtomicU64>,
     /// A task is PINGing the command connection back to life.
     reviving: Arc<AtomicBool>,
+    /// Questions to the other nodes waiting for answers.
+    asks: Arc<Asks>,
     presence: Arc<RedisPresence>,
 }
 
@@ -177,7 +181,9 @@ impl Connected {
     /// subscriptions; they end when the engine is dropped.
     pub(crate) fn start(self, sink: Weak<dyn Sink>) -> Arc<RedisEngine> {
         let attached = Arc::new(AtomicU64::new(0));
-        let (control, control_rx) = mpsc::unbounded_channel();
+        let (subscriptions, subscriptions_rx) = mpsc::unbounded_channel();
+        let node: Arc<str> = Arc::from(format!("{:016x}", rand::random::<u64>()));
+        let asks = Arc::new(Asks::new(node.clone()));
         tokio::spawn(read_pubsub(
             self.pushes,
             self.unread,
@@ -185,18 +191,21 @@ impl Connected {
             sink,
             self.pubsub.clone(),
             self.commands.clone(),
+            asks.clone(),
         ));
         tokio::spawn(manage_subscriptions(
-            control_rx,
+            subscriptions_rx,
             self.pubsub,
             self.commands.clone(),
             attached.clone(),
             self.lifetimes,
         ));
-        let presence = RedisPresence::start(self.commands.clone(), self.lifetimes.node_timeout);
+        let presence =
+            RedisPresence::start(self.commands.clone(), node, self.lifetimes.node_timeout);
         Arc::new(RedisEngine {
             commands: self.commands,
-            control,
+            subscriptions,
+            asks,
             lifetimes: self.lifetimes,
             publish: Script::new(PUBLISH),
             attach: Script::new(&format!("{ENTRIES}\n{ATTACH}")),
@@ -293,6 +302,12 @@ impl RedisEngine {
             )
             .await
             .map_err(|e| unavailable(&e))?;
+        // Questions between nodes; resubscribed with the rest after a reconnect.
+        let mut control = pubsub.clone();
+        control
+            .subscribe(super::CONTROL)
+            .await
+            .map_err(|e| unavailable(&e))?;
 
         Ok(Connected {
             commands,
@@ -351,8 +366,8 @@ impl RedisEngine {
         policy: HistoryPolicy,
     ) -> Result<Attached, EngineError> {
         let (reply, subscribed) = oneshot::channel();
-        self.control
-            .send(Control::Attach(channel.clone(), reply))
+        self.subscriptions
+            .send(Subscription::Attach(channel.clone(), reply))
             .map_err(|_| EngineError::Unavailable("redis: engine stopped".into()))?;
         subscribed
             .await
@@ -408,7 +423,9 @@ impl RedisEngine {
     }
 
     fn detach_now(&self, channel: &ChannelName) {
-        let _ = self.control.send(Control::Detach(channel.clone()));
+        let _ = self
+            .subscriptions
+            .send(Subscription::Detach(channel.clone()));
     }
 
     async fn history_now(
@@ -482,6 +499,13 @@ impl Engine for RedisEngine {
         &*self.presence
     }
 
+    fn ask_others<'a>(
+        &'a self,
+        question: &'a super::Question,
+    ) -> EngineFuture<'a, Vec<serde_json::Value>> {
+        Box::pin(self.asks.ask(&self.commands, question))
+    }
+
     /// Channels this node is subscribed to; history lives in Redis and is
     /// not counted here (Redis's own `INFO memory` has it).
     fn stats(&self) -> EngineStats {
@@ -501,13 +525,24 @@ async fn read_pubsub(
     sink: Weak<dyn Sink>,
     pubsub: ConnectionManager,
     commands: ConnectionManager,
+    asks: Arc<Asks>,
 ) {
     // The latest position seen per subscribed channel: the next message
     // must continue it.
     let mut latest: HashMap<ChannelName, Position> = HashMap::new();
+    let mut seen_sink = false;
     while let Some(push) = pushes.recv().await {
         unread.fetch_sub(1, Ordering::Relaxed);
-        let Some(sink) = sink.upgrade() else { return };
+        // The engine starts while the hub (its sink) is being built: what
+        // arrives before then (the control topic's confirmation) is nobody's.
+        // Once the hub has been seen, its absence means it is gone.
+        let Some(sink) = sink.upgrade() else {
+            if seen_sink {
+                return;
+            }
+            continue;
+        };
+        seen_sink = true;
         if overflowed.swap(false, Ordering::Relaxed) {
             tracing::warn!(
                 "redis: more than {MAX_UNREAD} pub/sub messages unread; subscribers recover"
@@ -516,6 +551,11 @@ async fn read_pubsub(
             sink.interrupted(None);
         }
         match push.kind {
+            PushKind::Message if is_control(&push.data) => {
+                if let Some(payload) = push.data.get(1).and_then(bulk) {
+                    asks.incoming(payload, &*sink, &commands);
+                }
+            }
             PushKind::Message => {
                 let publication = match incoming(&push.data) {
                     Some(Incoming::Message(publication)) => publication,
@@ -582,6 +622,10 @@ fn bulk(value: &Value) -> Option<&[u8]> {
     }
 }
 
+fn is_control(data: &[Value]) -> bool {
+    data.first().and_then(bulk) == Some(super::CONTROL.as_bytes())
+}
+
 /// What a channel's pub/sub topic carries.
 enum Incoming {
     Message(Publication),
@@ -610,7 +654,7 @@ fn incoming(data: &[Value]) -> Option<Incoming> {
 /// hashes of subscribed channels alive, and retries unsubscribes that failed
 /// while Redis was away (the manager would otherwise resubscribe them).
 async fn manage_subscriptions(
-    mut control: mpsc::UnboundedReceiver<Control>,
+    mut control: mpsc::UnboundedReceiver<Subscription>,
     mut pubsub: ConnectionManager,
     mut commands: ConnectionManager,
     attached: Arc<AtomicU64>,
@@ -625,7 +669,7 @@ async fn manage_subscriptions(
             request = control.recv() => {
                 let Some(request) = request else { return };
                 match request {
-                    Control::Attach(channel, reply) => {
+                    Subscription::Attach(channel, reply) => {
                         let count = counts.get(&channel).copied().unwrap_or(0);
                         let result = if count == 0 {
                             stale.remove(&channel);
@@ -638,7 +682,7 @@ async fn manage_subscriptions(
                         }
                         let _ = reply.send(result);
                     }
-                    Control::Detach(channel) => {
+                    Subscription::Detach(channel) => {
                         let Some(count) = counts.get_mut(&channel) else { continue };
                         *count -= 1;
                         if *count == 0 {

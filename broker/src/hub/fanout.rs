@@ -328,6 +328,10 @@ impl Sink for Inner {
     fn interrupted(&self, channel: Option<&ChannelName>) {
         self.interrupt(channel);
     }
+
+    fn answer(&self, question: &crate::engine::Question) -> serde_json::Value {
+        self.answer_question(question)
+    }
 }
 
 /// What the subscribers of one message get.

@@ -8,7 +8,7 @@
 //! waited for: cutting a connection off detaches it from every channel at
 //! once, whatever its transport is doing, so nothing more is queued to it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -21,7 +21,7 @@ use crate::auth::Identity;
 use crate::channel::ChannelName;
 use crate::engine::{
     Change, Engine, EngineError, EngineStats, HistoryPolicy, Outgoing, Position, PresenceEvent,
-    Publication, Sink, Stored,
+    Publication, Question, Sink, Stored,
 };
 use crate::plugins::{
     Delivery, Governor, LiveRegistry, PublishSource, PublishVerdict, SubscribeVerdict,
@@ -814,34 +814,54 @@ impl Hub {
             .collect())
     }
 
-    /// Channels with at least one subscriber on this node whose name starts
-    /// with `prefix`, with their subscriber (connection) counts, by name.
-    pub(crate) fn channels(&self, prefix: &str) -> Vec<(ChannelName, usize)> {
-        let mut channels = Vec::new();
-        for shard in self.inner.shards.iter() {
-            let shard = lock(shard);
-            channels.extend(
-                shard
-                    .iter()
-                    .filter(|(name, _)| name.as_str().starts_with(prefix))
-                    .map(|(name, subscribers)| (name.clone(), subscribers.by_connection.len())),
-            );
+    /// Channels with at least one subscriber (on any node) whose name
+    /// starts with `prefix`, with their subscriber (connection) counts, by
+    /// name.
+    pub(crate) async fn channels(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(ChannelName, usize)>, Refusal> {
+        let mut counts: BTreeMap<ChannelName, usize> =
+            self.inner.local_channels(prefix).into_iter().collect();
+        let question = Question::Channels {
+            prefix: prefix.to_owned(),
+        };
+        for answer in self.ask_others(&question).await? {
+            let Ok(listed) = serde_json::from_value::<Vec<(String, usize)>>(answer) else {
+                continue;
+            };
+            for (name, count) in listed {
+                if let Ok(channel) = ChannelName::parse(&name) {
+                    *counts.entry(channel).or_default() += count;
+                }
+            }
         }
-        channels.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-        channels
+        Ok(counts.into_iter().collect())
     }
 
-    /// Cuts off every connection of `user`: each is detached from its
-    /// channels at once and closes with a reason. Returns how many there were.
-    pub(crate) fn disconnect_user(&self, user: &str) -> usize {
-        let connections: Vec<Arc<Connection>> = lock(&self.inner.users)
-            .get(user)
-            .map(|c| c.iter().filter_map(|(_, c)| c.upgrade()).collect())
-            .unwrap_or_default();
-        for connection in &connections {
-            self.inner.cut(connection, CutOff::Disconnected);
-        }
-        connections.len()
+    /// Cuts off every connection of `user` on every node: each is detached
+    /// from its channels at once and closes with a reason. Returns how many
+    /// there were.
+    pub(crate) async fn disconnect_user(&self, user: &str) -> Result<usize, Refusal> {
+        let here = self.inner.disconnect_local(user);
+        let question = Question::Disconnect {
+            user: user.to_owned(),
+        };
+        let elsewhere: u64 = self
+            .ask_others(&question)
+            .await?
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .sum();
+        Ok(here + usize::try_from(elsewhere).unwrap_or(usize::MAX))
+    }
+
+    async fn ask_others(&self, question: &Question) -> Result<Vec<serde_json::Value>, Refusal> {
+        self.inner
+            .engine
+            .ask_others(question)
+            .await
+            .map_err(|e| engine_refusal(&e))
     }
 
     /// Checks every subscription of `namespaces` again with the plugin now
@@ -973,6 +993,49 @@ fn plugin_fault(governor: &Governor) -> Refusal {
             governor.plugin_name()
         ),
     )
+}
+
+impl Inner {
+    /// This node's channels with subscribers whose name starts with
+    /// `prefix`, with their subscriber (connection) counts, by name.
+    fn local_channels(&self, prefix: &str) -> Vec<(ChannelName, usize)> {
+        let mut channels = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            channels.extend(
+                shard
+                    .iter()
+                    .filter(|(name, _)| name.as_str().starts_with(prefix))
+                    .map(|(name, subscribers)| (name.clone(), subscribers.by_connection.len())),
+            );
+        }
+        channels.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        channels
+    }
+
+    /// Cuts off this node's connections of `user`; how many there were.
+    fn disconnect_local(&self, user: &str) -> usize {
+        let connections: Vec<Arc<Connection>> = lock(&self.users)
+            .get(user)
+            .map(|c| c.iter().filter_map(|(_, c)| c.upgrade()).collect())
+            .unwrap_or_default();
+        for connection in &connections {
+            self.cut(connection, CutOff::Disconnected);
+        }
+        connections.len()
+    }
+
+    /// Another node's question, for this node's connections.
+    fn answer_question(&self, question: &Question) -> serde_json::Value {
+        match question {
+            Question::Disconnect { user } => serde_json::json!(self.disconnect_local(user)),
+            Question::Channels { prefix } => serde_json::json!(self
+                .local_channels(prefix)
+                .into_iter()
+                .map(|(name, count)| (name.as_str().to_owned(), count))
+                .collect::<Vec<_>>()),
+        }
+    }
 }
 
 /// What a client is told when the engine fails: a contract code, never the

@@ -169,8 +169,11 @@ impl RedisPresence {
     /// Starts the presence task, the heartbeat and the reaper; they end
     /// when the returned value is dropped (the heartbeat then stops, and
     /// the other nodes reap this one after `node_timeout`).
-    pub(crate) fn start(commands: ConnectionManager, node_timeout: Duration) -> Arc<Self> {
-        let node: Arc<str> = Arc::from(format!("{:016x}", rand::random::<u64>()));
+    pub(crate) fn start(
+        commands: ConnectionManager,
+        node: Arc<str>,
+        node_timeout: Duration,
+    ) -> Arc<Self> {
         let (ops, ops_rx) = mpsc::unbounded_channel();
         let presence = Arc::new(Self {
             node: node.clone(),
