@@ -247,7 +247,10 @@ impl Inner {
                         None => continue,
                     },
                 };
-                if subscribers.attaching.buffer(*id, push) {
+                if subscribers
+                    .attaching
+                    .buffer(*id, push, self.limits.queue_capacity)
+                {
                     continue;
                 }
                 if push

@@ -547,34 +547,40 @@ impl Hub {
             let mut shard = self.inner.shard(channel);
             let subscribers = shard.entry(channel.clone()).or_default();
             let replaced = subscribers.by_connection.contains_key(&connection.id);
-            subscribers.attaching.begin(connection.id);
             let joined = subscribers.insert(connection.clone(), audience.clone(), membership);
+            subscribers.attaching.begin(connection.id);
             (replaced, joined)
+        };
+        // Until the subscription is live, an error or the caller giving up
+        // (a closed socket drops this future) undoes what was done so far.
+        let mut undo = Undo {
+            inner: &self.inner,
+            channel,
+            connection: connection.id,
+            counted: false,
+            armed: true,
         };
         let attached = self
             .inner
             .engine
             .attach(channel, recover_from, self.inner.history_policy(&governor))
-            .await;
-        let attached = match attached {
-            Ok(attached) => attached,
-            Err(error) => {
-                // Nothing was counted by the engine, nor joined: only the
-                // local entry goes.
-                self.inner.remove_local(channel, connection.id);
-                return Err(engine_refusal(&error));
-            }
-        };
+            .await
+            .map_err(|e| engine_refusal(&e))?;
+        undo.counted = true;
         if let Some(member) = joined {
             let event = self
                 .inner
                 .presence_event(channel, Change::Join, &member, connection.id);
-            if let Err(error) = self.inner.engine.presence().join(event).await {
-                self.inner.remove_local(channel, connection.id);
-                self.inner.engine.detach(channel);
-                return Err(engine_refusal(&error));
-            }
+            // Undone with a leave even if it failed: a leave of a join never
+            // recorded changes nothing.
+            self.inner
+                .engine
+                .presence()
+                .join(event)
+                .await
+                .map_err(|e| engine_refusal(&e))?;
         }
+        undo.armed = false;
         self.inner.go_live(channel, connection, &attached.position);
         if replaced {
             // One subscription, counted twice by the engine.
@@ -1152,14 +1158,18 @@ impl Inner {
             if let Some(subscriber) = subscribers.by_connection.get_mut(&connection.id) {
                 subscriber.start = position.offset;
             }
-            for push in subscribers.attaching.end(connection.id) {
-                let after = push
-                    .position
-                    .as_ref()
-                    .is_some_and(|p| p.epoch == position.epoch && p.offset > position.offset);
-                if after && connection.offer(&push, &self.limits) == Offered::Overflowed {
-                    overflowed = true;
-                    break;
+            match subscribers.attaching.end(connection.id) {
+                None => overflowed = true,
+                Some(buffered) => {
+                    for push in buffered {
+                        let after = push.position.as_ref().is_some_and(|p| {
+                            p.epoch == position.epoch && p.offset > position.offset
+                        });
+                        if after && connection.offer(&push, &self.limits) == Offered::Overflowed {
+                            overflowed = true;
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -1250,6 +1260,35 @@ impl Inner {
             if connection.offer(&push, &self.limits) == Offered::Overflowed {
                 self.cut(connection, CutOff::SlowConsumer);
             }
+        }
+    }
+}
+
+/// Undoes a subscription that did not go live, like [`Inner::detach`]: the
+/// local entry, the presence (a leave if that was the user's last
+/// connection here) and, once it counted, the engine's count.
+struct Undo<'a> {
+    inner: &'a Inner,
+    channel: &'a ChannelName,
+    connection: u64,
+    counted: bool,
+    armed: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (_, left) = self.inner.remove_local(self.channel, self.connection);
+        if let Some(member) = left {
+            let event =
+                self.inner
+                    .presence_event(self.channel, Change::Leave, &member, self.connection);
+            self.inner.engine.presence().leave(event);
+        }
+        if self.counted {
+            self.inner.engine.detach(self.channel);
         }
     }
 }

@@ -42,29 +42,36 @@ pub(super) struct Subscriber {
 /// after it (the rest are in that position or in what it recovers).
 /// Usually empty: a `Vec`, searched linearly.
 #[derive(Default)]
-pub(super) struct Attaching(Vec<(u64, Vec<Arc<Push>>)>);
+pub(super) struct Attaching(Vec<(u64, Buffered)>);
+
+/// What arrived for one attaching subscriber; `None` once more arrived than
+/// its queue could hold (it is then cut off as a slow consumer).
+type Buffered = Option<Vec<Arc<Push>>>;
 
 impl Attaching {
     pub(super) fn begin(&mut self, connection: u64) {
-        self.0.push((connection, Vec::new()));
+        self.0.push((connection, Some(Vec::new())));
     }
 
-    /// Keeps `push` for `connection` if it is attaching; false if it is live.
-    pub(super) fn buffer(&mut self, connection: u64, push: &Arc<Push>) -> bool {
-        match self.0.iter_mut().find(|(id, _)| *id == connection) {
-            Some((_, buffered)) => {
-                buffered.push(push.clone());
-                true
-            }
-            None => false,
+    /// Keeps `push` for `connection` if it is attaching, at most `max` of
+    /// them; false if it is live.
+    pub(super) fn buffer(&mut self, connection: u64, push: &Arc<Push>, max: usize) -> bool {
+        let Some((_, buffered)) = self.0.iter_mut().find(|(id, _)| *id == connection) else {
+            return false;
+        };
+        match buffered {
+            Some(pushes) if pushes.len() < max => pushes.push(push.clone()),
+            _ => *buffered = None,
         }
+        true
     }
 
-    /// Makes `connection` live; returns what was buffered for it, in order.
-    pub(super) fn end(&mut self, connection: u64) -> Vec<Arc<Push>> {
+    /// Makes `connection` live; returns what was buffered for it, in order
+    /// (`None` if that overflowed).
+    pub(super) fn end(&mut self, connection: u64) -> Buffered {
         match self.0.iter().position(|(id, _)| *id == connection) {
             Some(i) => self.0.swap_remove(i).1,
-            None => Vec::new(),
+            None => Some(Vec::new()),
         }
     }
 }
