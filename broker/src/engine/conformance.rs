@@ -725,3 +725,45 @@ async fn memory_has_nobody_else_to_ask() {
     };
     assert!(node.engine.ask_others(&question).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_an_attach_given_up_while_redis_is_slow_leaves_no_subscription_behind() {
+    let redis = Redis::new();
+    let node = redis.node(IDLE).await;
+    let news = channel("public:news");
+    let client = ::redis::Client::open(redis.server.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    // Redis holds every client's commands for a while: the SUBSCRIBE waits.
+    let () = ::redis::cmd("CLIENT")
+        .arg(&["PAUSE", "1500", "ALL"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        node.engine.attach(&news, None, policy(10)),
+    )
+    .await;
+    assert!(given_up.is_err(), "the attach was still waiting for Redis");
+    // Once Redis answers, the subscription nobody waits for is given back.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let subscribers: (String, u64) = ::redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(format!("stellwerk:{{{news}}}"))
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if node.engine.stats().channels == 0 && subscribers.1 == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still subscribed: {} channel(s) counted, {} Redis subscriber(s)",
+            node.engine.stats().channels,
+            subscribers.1
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -373,13 +373,16 @@ impl RedisEngine {
             .await
             .map_err(|_| EngineError::Unavailable("redis: engine stopped".into()))??;
         // Subscribed: everything published from here on reaches the sink.
-        match self.read_position(channel, recover_from, policy).await {
-            Ok(attached) => Ok(attached),
-            Err(error) => {
-                self.detach_now(channel);
-                Err(error)
-            }
-        }
+        // Counted now: given back unless the caller gets the attachment (an
+        // error, or this future dropped while Redis answers).
+        let mut counted = Counted {
+            engine: self,
+            channel,
+            armed: true,
+        };
+        let attached = self.read_position(channel, recover_from, policy).await;
+        counted.armed = attached.is_err();
+        attached
     }
 
     async fn read_position(
@@ -449,6 +452,21 @@ impl RedisEngine {
             return Ok((new_epoch(), Vec::new()));
         }
         Ok((Arc::from(epoch), stored(offsets, datas)))
+    }
+}
+
+/// A subscription this node counted for a caller that may not get it.
+struct Counted<'a> {
+    engine: &'a RedisEngine,
+    channel: &'a ChannelName,
+    armed: bool,
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.engine.detach_now(self.channel);
+        }
     }
 }
 
@@ -677,20 +695,18 @@ async fn manage_subscriptions(
                         } else {
                             Ok(())
                         };
-                        if result.is_ok() {
-                            counts.insert(channel, count + 1);
+                        let counted = result.is_ok();
+                        if counted {
+                            counts.insert(channel.clone(), count + 1);
                         }
-                        let _ = reply.send(result);
+                        // Nobody waits any more (the subscribe was given up):
+                        // the count it would have detached goes now.
+                        if reply.send(result).is_err() && counted {
+                            detach(&mut counts, &mut stale, &mut pubsub, channel).await;
+                        }
                     }
                     Subscription::Detach(channel) => {
-                        let Some(count) = counts.get_mut(&channel) else { continue };
-                        *count -= 1;
-                        if *count == 0 {
-                            counts.remove(&channel);
-                            if pubsub.unsubscribe(topic(&channel)).await.is_err() {
-                                stale.insert(channel);
-                            }
-                        }
+                        detach(&mut counts, &mut stale, &mut pubsub, channel).await;
                     }
                 }
                 attached.store(counts.len() as u64, Ordering::Relaxed);
@@ -706,6 +722,25 @@ async fn manage_subscriptions(
                     }
                 }
             }
+        }
+    }
+}
+
+/// One subscription of `channel` fewer; the node unsubscribes with the last.
+async fn detach(
+    counts: &mut HashMap<ChannelName, usize>,
+    stale: &mut HashSet<ChannelName>,
+    pubsub: &mut ConnectionManager,
+    channel: ChannelName,
+) {
+    let Some(count) = counts.get_mut(&channel) else {
+        return;
+    };
+    *count -= 1;
+    if *count == 0 {
+        counts.remove(&channel);
+        if pubsub.unsubscribe(topic(&channel)).await.is_err() {
+            stale.insert(channel);
         }
     }
 }
