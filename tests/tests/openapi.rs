@@ -26,7 +26,37 @@ const MAX_PUBLISH: usize = 1024 * 1024;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Documented answers no test can provoke, and why.
-const NOT_PROVOKED: [(&str, &str, u16, &str); 4] = [
+const NOT_PROVOKED: [(&str, &str, u16, &str); 9] = [
+    (
+        "/api/publish",
+        "post",
+        503,
+        "only with the Redis engine while Redis is unreachable: tests/tests/cluster.rs",
+    ),
+    (
+        "/api/channels",
+        "get",
+        503,
+        "only with the Redis engine while Redis is unreachable",
+    ),
+    (
+        "/api/channels/{channel}/presence",
+        "get",
+        503,
+        "only with the Redis engine while Redis is unreachable",
+    ),
+    (
+        "/api/channels/{channel}/history",
+        "get",
+        503,
+        "only with the Redis engine while Redis is unreachable",
+    ),
+    (
+        "/api/users/{user}/disconnect",
+        "post",
+        503,
+        "only with the Redis engine while Redis is unreachable",
+    ),
     (
         "/readyz",
         "get",
