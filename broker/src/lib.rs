@@ -37,6 +37,7 @@ pub(crate) mod metrics;
 pub(crate) mod plugins;
 pub(crate) mod protocol;
 pub(crate) mod rate;
+pub(crate) mod reload;
 mod request_log;
 mod server;
 pub(crate) mod transport;

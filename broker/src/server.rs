@@ -16,8 +16,9 @@ use crate::config::{Config, EngineKind};
 use crate::engine::{Engine, HistoryPolicy, Lifetimes, MemoryEngine, RedisEngine};
 use crate::hub::{Hub, HubLimits};
 use crate::listener::{self, Timeouts};
-use crate::plugins::{LiveRegistry, PluginError, PluginLimits, Registry, Reloader};
+use crate::plugins::{LiveRegistry, PluginError, PluginLimits, Registry};
 use crate::rate::RateLimits;
+use crate::reload::Reloader;
 use crate::{api, plugins, transport};
 
 /// Why the server could not start, or stopped with an error.
@@ -155,7 +156,7 @@ pub async fn run(
     let plugins = Reloader::new(config.plugins.dir.clone(), limits, hub.clone());
     // Held until the server stops: dropping it ends the watch.
     let _watcher = if config.plugins.watch {
-        crate::plugins::watch(plugins.clone())
+        crate::reload::watch(plugins.clone())
             .map_err(|e| {
                 tracing::warn!(
                     dir = %config.plugins.dir.display(),

@@ -19,8 +19,9 @@ use serde_json::{json, Value};
 use super::access::check_admin_token;
 use super::ApiError;
 use crate::hub::Reauthorized;
-use crate::plugins::{Change, HookCounts, PluginStatus, ReloadError};
+use crate::plugins::HookCounts;
 use crate::protocol::ErrorCode;
+use crate::reload::{Change, PluginStatus, ReloadError};
 use crate::server::AppState;
 
 /// `GET /admin/plugins`.

@@ -277,7 +277,7 @@ impl Counters {
 }
 
 /// A plugin file's bytes and sidecar config, read but not yet compiled.
-pub(super) struct PluginSource {
+pub(crate) struct PluginSource {
     /// Where the plugin lives (for an upload: where it will be written).
     file: PathBuf,
     bytes: Vec<u8>,
@@ -287,7 +287,7 @@ pub(super) struct PluginSource {
 
 impl PluginSource {
     /// Reads `file` and its sidecar `<name>.toml`.
-    pub(super) fn read(file: &Path) -> Result<Self, PluginError> {
+    pub(crate) fn read(file: &Path) -> Result<Self, PluginError> {
         let bytes = std::fs::read(file).map_err(|source| PluginError::Io {
             path: file.to_owned(),
             source,
@@ -297,7 +297,7 @@ impl PluginSource {
 
     /// `bytes` as if they were the content of `file` (an upload, checked
     /// before it is written); the sidecar config is read from beside `file`.
-    pub(super) fn from_bytes(file: &Path, bytes: Vec<u8>) -> Result<Self, PluginError> {
+    pub(crate) fn from_bytes(file: &Path, bytes: Vec<u8>) -> Result<Self, PluginError> {
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let config_json = read_sidecar_config(file)?;
         Ok(Self {
@@ -320,7 +320,7 @@ struct Instance {
 }
 
 /// One loaded plugin: what it described, and how to run it.
-pub(super) struct Plugin {
+pub(crate) struct Plugin {
     name: Arc<str>,
     version: String,
     file: PathBuf,
@@ -360,6 +360,15 @@ impl Plugin {
         limits: &PluginLimits,
     ) -> Result<Plugin, PluginError> {
         Self::from_source(runtime, PluginSource::read(file)?, limits)
+    }
+
+    /// [`Plugin::from_source`] on the process-wide runtime: how a new
+    /// version of a plugin file is built for a hot reload.
+    pub(crate) fn build(
+        source: PluginSource,
+        limits: &PluginLimits,
+    ) -> Result<Plugin, PluginError> {
+        Self::from_source(Runtime::shared(limits.instance_slots)?, source, limits)
     }
 
     /// Compiles and instantiates `source` (already read), and checks what
@@ -445,38 +454,38 @@ impl Plugin {
         Ok(plugin)
     }
 
-    pub(super) fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    pub(super) fn version(&self) -> &str {
+    pub(crate) fn version(&self) -> &str {
         &self.version
     }
 
-    pub(super) fn file(&self) -> &Path {
+    pub(crate) fn file(&self) -> &Path {
         &self.file
     }
 
-    pub(super) fn sha256(&self) -> &str {
+    pub(crate) fn sha256(&self) -> &str {
         &self.sha256
     }
 
-    pub(super) fn loaded_at(&self) -> SystemTime {
+    pub(crate) fn loaded_at(&self) -> SystemTime {
         self.loaded_at
     }
 
     /// The sidecar config this version runs with, as JSON.
-    pub(super) fn config_json(&self) -> &str {
+    pub(crate) fn config_json(&self) -> &str {
         &self.config_json
     }
 
     /// Would loading `source` give this very plugin again (same bytes, same
     /// sidecar config)? Then a reload is a no-op.
-    pub(super) fn is_built_from(&self, source: &PluginSource) -> bool {
+    pub(crate) fn is_built_from(&self, source: &PluginSource) -> bool {
         self.sha256 == source.sha256() && *self.config_json == *source.config_json
     }
 
-    pub(super) fn namespaces(&self) -> &[(String, ChannelOptions)] {
+    pub(crate) fn namespaces(&self) -> &[(String, ChannelOptions)] {
         &self.namespaces
     }
 
@@ -491,7 +500,7 @@ impl Plugin {
         }
     }
 
-    pub(super) fn stats(&self) -> PluginStats {
+    pub(crate) fn stats(&self) -> PluginStats {
         PluginStats {
             authorize_subscribe: self.counters.authorize_subscribe.read(),
             on_publish: self.counters.on_publish.read(),

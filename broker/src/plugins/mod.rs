@@ -21,27 +21,23 @@
 //!   plugin with its pool of instances and its counters.
 //! - `registry`: loading a directory, namespace → plugin, the [`Governor`]
 //!   the hub calls.
-//! - `reload`: hot reload: a new version of one plugin file is checked off
-//!   the hot path and swapped in, or refused while the old one stays live.
-//! - `watcher`: watches the plugin directory and hands changed files to
-//!   `reload`, once a burst of events has settled.
+//!
+//! Hot reload (which file version is live, the directory watcher, the
+//! re-check of subscriptions after a swap) lives above this module and the
+//! hub, in `crate::reload`: plugins know nothing of subscriptions.
 
 mod host;
 mod registry;
-mod reload;
 #[cfg(test)]
 mod tests;
-mod watcher;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use host::fuzz_checks;
-pub(crate) use host::{HookCounts, PluginStats};
-pub(crate) use registry::{Governor, LiveRegistry, Registry};
-pub(crate) use reload::{Change, PluginStatus, ReloadError, Reloader};
-pub(crate) use watcher::watch;
+pub(crate) use host::{HookCounts, Plugin, PluginSource, PluginStats};
+pub(crate) use registry::{wasm_files, Governor, LiveRegistry, Registry};
 
 /// Sandbox limits applied to every plugin call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -98,7 +98,7 @@ impl Registry {
 
     /// Maps the namespaces of `plugins`; a namespace or plugin name claimed
     /// twice is refused, naming both plugins.
-    pub(super) fn from_plugins(plugins: Vec<Arc<Plugin>>) -> Result<Self, PluginError> {
+    pub(crate) fn from_plugins(plugins: Vec<Arc<Plugin>>) -> Result<Self, PluginError> {
         let mut by_namespace: HashMap<String, Governor> = HashMap::new();
         for (i, plugin) in plugins.iter().enumerate() {
             for (index, (namespace, _)) in plugin.namespaces().iter().enumerate() {
@@ -135,7 +135,7 @@ impl Registry {
     }
 
     /// The loaded plugins themselves, in load order.
-    pub(super) fn plugins(&self) -> &[Arc<Plugin>] {
+    pub(crate) fn plugins(&self) -> &[Arc<Plugin>] {
         &self.plugins
     }
 
@@ -200,7 +200,7 @@ impl LiveRegistry {
 
 /// The `*.wasm` files directly in `dir`, sorted so that load order (and thus
 /// which plugin an error names first) does not depend on the file system.
-pub(super) fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();

@@ -21,8 +21,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::reload::{file_stem, Reloader};
-use super::{Change, ReloadError};
+use super::{file_stem, Change, ReloadError, Reloader};
 
 /// Stands for "every file" in the channel of changed stems (no stem is empty).
 const RESCAN: &str = "";

@@ -18,10 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::host::{Plugin, PluginSource, Runtime};
-use super::registry::wasm_files;
-use super::{PluginError, PluginLimits, PluginStats, Registry};
+mod watcher;
+
+pub(crate) use watcher::watch;
+
 use crate::hub::{Hub, Reauthorized};
+use crate::plugins::{
+    wasm_files, Plugin, PluginError, PluginLimits, PluginSource, PluginStats, Registry,
+};
 
 /// What became of one plugin file's latest version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,8 +265,7 @@ impl Reloader {
         let checked = Arc::clone(&bytes);
         let plugin = blocking(move || {
             let source = PluginSource::from_bytes(&target, checked.to_vec())?;
-            let plugin =
-                Plugin::from_source(Runtime::shared(limits.instance_slots)?, source, &limits)?;
+            let plugin = Plugin::build(source, &limits)?;
             Ok::<_, PluginError>(plugin)
         })
         .await
@@ -373,11 +376,7 @@ impl Reloader {
         }
 
         let limits = self.inner.limits;
-        let plugin = match blocking(move || {
-            Plugin::from_source(Runtime::shared(limits.instance_slots)?, source, &limits)
-        })
-        .await
-        {
+        let plugin = match blocking(move || Plugin::build(source, &limits)).await {
             Ok(plugin) => Arc::new(plugin),
             Err(e) => return Err(self.refuse(slots, stem, &file, &e)),
         };
@@ -408,7 +407,7 @@ impl Reloader {
         file: &Path,
         error: &PluginError,
     ) -> ReloadError {
-        let message = super::one_line(error);
+        let message = crate::plugins::one_line(error);
         let slot = slots.entry(stem.to_owned()).or_insert_with(|| Slot {
             file: file.to_owned(),
             live: None,
@@ -535,7 +534,7 @@ fn stem_of(slots: &BTreeMap<String, Slot>, name: &str) -> Option<String> {
 }
 
 /// `course` for `…/course.wasm`.
-pub(super) fn file_stem(file: &Path) -> Option<String> {
+fn file_stem(file: &Path) -> Option<String> {
     file.file_stem()?.to_str().map(str::to_owned)
 }
 
