@@ -141,8 +141,24 @@ async fn without_redis_publishing_is_unavailable_and_subscribers_are_told_to_rec
         .request(json!({"type": "subscribe", "channel": "public:outage"}))
         .await;
     stellwerk_e2e::assert_ws_error(&reply, "unavailable");
+    // A disconnect still cuts this node's connections, and says the others were not reached.
+    let resp = reqwest::Client::new()
+        .post(nodes[1].http_url("/api/users/ann/disconnect"))
+        .bearer_auth(nodes[1].api_key())
+        .send()
+        .await
+        .expect("disconnect");
+    let (status, body) = stellwerk_e2e::server::status_and_json(resp).await;
+    assert_http_error(status, &body, 503, "unavailable");
+    let said = body["error"]["message"].as_str().unwrap();
+    assert!(said.contains("1 connection(s)"), "{body}");
+    assert_eq!(ws.expect_close().await.0, 4003);
 
     redis.restart();
+    // The browser reconnects, and recovers from its last position.
+    let mut ws = nodes[1]
+        .ws(&format!("/ws?token={}", nodes[1].token("ann")))
+        .await;
     let mut recovered = None;
     for _ in 0..100 {
         let reply = ws
@@ -160,6 +176,201 @@ async fn without_redis_publishing_is_unavailable_and_subscribers_are_told_to_rec
     assert_eq!(reply["recovered"], false, "{reply}");
     let result = nodes[0].publish_ok("public:outage", &json!({"n": 3})).await;
     assert_eq!(message(&mut ws).await["offset"], result["offset"]);
+}
+
+/// A position in a channel: epoch and offset.
+type At = (String, u64);
+
+/// What one subscriber saw while Redis restarted under it.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Every message, as (epoch, offset) → the publisher's `seq`.
+    messages: Vec<(At, u64)>,
+    /// Each `recovered: false`: the last position before it (if any) and the position the
+    /// new subscription started at. Everything in between is what the client was told it
+    /// missed.
+    unrecovered: Vec<(Option<At>, At)>,
+}
+
+impl Seen {
+    fn told_missing(&self, at: &At) -> bool {
+        self.unrecovered.iter().any(|(before, after)| {
+            let after_before = before
+                .as_ref()
+                .is_some_and(|(epoch, offset)| *epoch == at.0 && at.1 > *offset);
+            let before_after = after.0 == at.0 && at.1 <= after.1;
+            after_before || before_after
+        })
+    }
+}
+
+/// Reads `channel` until the `end` marker the way a client library does: on an `unsubscribed`
+/// that says to recover, it subscribes again with `recover` from its last position (retrying
+/// while the broker answers `unavailable`). Fails on any gap it was not told about.
+async fn read_recovering(mut ws: WsClient, channel: &str, start: At) -> Seen {
+    let mut seen = Seen::default();
+    let mut last = Some(start);
+    loop {
+        let push = ws.recv_json().await;
+        match push["type"].as_str() {
+            Some("message") => {
+                let at = (
+                    push["epoch"].as_str().unwrap().to_owned(),
+                    push["offset"].as_u64().unwrap(),
+                );
+                if let Some((epoch, offset)) = &last {
+                    assert_eq!(
+                        (&at.0, at.1),
+                        (epoch, offset + 1),
+                        "a gap nobody was told about: {push}"
+                    );
+                }
+                last = Some(at.clone());
+                if push["data"]["end"] == true {
+                    return seen;
+                }
+                seen.messages
+                    .push((at, push["data"]["seq"].as_u64().unwrap()));
+            }
+            Some("unsubscribed") => {
+                assert!(
+                    push["reason"].as_str().unwrap().contains("recover"),
+                    "{push}"
+                );
+                let mut reply = Value::Null;
+                for _ in 0..300 {
+                    let mut subscribe = json!({"type": "subscribe", "channel": channel});
+                    if let Some((epoch, offset)) = &last {
+                        subscribe["recover"] = json!({"epoch": epoch, "offset": offset});
+                    }
+                    reply = ws.request(subscribe).await;
+                    if reply["type"] == "subscribed" {
+                        break;
+                    }
+                    stellwerk_e2e::assert_ws_error(&reply, "unavailable");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                assert_eq!(
+                    reply["type"], "subscribed",
+                    "never subscribed again: {reply}"
+                );
+                if reply["recovered"] == false {
+                    let at = (
+                        reply["epoch"].as_str().unwrap().to_owned(),
+                        reply["offset"].as_u64().unwrap(),
+                    );
+                    seen.unrecovered.push((last.take(), at.clone()));
+                    last = Some(at);
+                }
+            }
+            _ => panic!("unexpected push: {push}"),
+        }
+    }
+}
+
+/// Redis (without persistence) killed and started again while PHP publishes without pause:
+/// publishes during the outage answer 503, delivery resumes on both nodes, and every message
+/// answered with 200 reached every subscriber or is inside a span the subscriber was told
+/// it missed (`recovered: false`), never dropped without a trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_under_load_loses_nothing_without_telling() {
+    const CHANNEL: &str = "public:restart";
+    const BEFORE: u64 = 200;
+    const AFTER: u64 = 200;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut redis = RedisServer::start();
+    let nodes = cluster(&redis, 2).await;
+    let mut readers = vec![];
+    for i in 0..4 {
+        let (ws, reply) = nodes[i % 2].subscriber(&format!("user{i}"), CHANNEL).await;
+        let start = (
+            reply["epoch"].as_str().unwrap().to_owned(),
+            reply["offset"].as_u64().unwrap(),
+        );
+        readers.push(tokio::spawn(read_recovering(ws, CHANNEL, start)));
+    }
+
+    let mut acked: Vec<(At, u64)> = vec![];
+    let (mut refused, mut restarted_at) = (0, None);
+    for seq in 0..5_000u64 {
+        if seq == BEFORE {
+            redis.stop();
+        }
+        if redis_stopped(&redis) && refused >= 3 {
+            tokio::task::block_in_place(|| redis.restart());
+            restarted_at = Some(acked.len() as u64);
+        }
+        let (status, body) = nodes[seq as usize % 2]
+            .publish(&json!({"channel": CHANNEL, "data": {"seq": seq}}))
+            .await;
+        match status {
+            200 => {
+                let result = &body["results"][0];
+                let at = (
+                    result["epoch"].as_str().unwrap().to_owned(),
+                    result["offset"].as_u64().unwrap(),
+                );
+                acked.push((at, seq));
+            }
+            503 => {
+                assert_http_error(status, &body, 503, "unavailable");
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ => panic!("publish {seq}: {status} {body}"),
+        }
+        if restarted_at.is_some_and(|n| acked.len() as u64 >= n + AFTER) {
+            break;
+        }
+    }
+    let restarted_at = restarted_at.expect("Redis was restarted");
+    assert!(
+        acked.len() as u64 >= restarted_at + AFTER,
+        "publishing works again after the restart: {} acknowledged",
+        acked.len()
+    );
+    nodes[0].publish_ok(CHANNEL, &json!({"end": true})).await;
+
+    for (i, reader) in readers.into_iter().enumerate() {
+        let seen = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .unwrap_or_else(|_| panic!("subscriber {i} did not get the end marker"))
+            .expect("reader");
+        assert!(
+            !seen.unrecovered.is_empty(),
+            "subscriber {i}: Redis lost the history, the client must be told"
+        );
+        let received: std::collections::HashMap<&At, u64> =
+            seen.messages.iter().map(|(at, seq)| (at, *seq)).collect();
+        for (at, seq) in &acked {
+            match received.get(at) {
+                Some(got) => assert_eq!(got, seq, "subscriber {i}: {at:?} carries another message"),
+                None => assert!(
+                    seen.told_missing(at),
+                    "subscriber {i}: message {seq} at {at:?} was answered 200 but neither \
+                     delivered nor reported missing; seen {seen:?}"
+                ),
+            }
+        }
+        eprintln!(
+            "subscriber {i}: {} of {} acknowledged messages delivered, told of {:?}",
+            received.len(),
+            acked.len(),
+            seen.unrecovered
+        );
+    }
+    eprintln!("{refused} publishes refused with 503 while Redis was away");
+}
+
+/// Whether [`RedisServer::stop`] ran and no restart since.
+fn redis_stopped(redis: &RedisServer) -> bool {
+    std::net::TcpStream::connect(
+        redis
+            .url()
+            .trim_start_matches("redis://")
+            .trim_end_matches('/'),
+    )
+    .is_err()
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ mod deploy;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use deploy::{bytes_of, overwrite_in_place, plugin_dir, sha256, start, Admin, Deploy};
+use deploy::{builder, bytes_of, overwrite_in_place, plugin_dir, sha256, start, Admin, Deploy};
 use serde_json::{json, Value};
 use stellwerk_e2e::{assert_ws_error, Server, WsClient};
 
@@ -302,24 +302,54 @@ async fn a_rule_change_unsubscribes_exactly_the_subscribers_who_lost_access() {
     }
 }
 
+/// The two reload storms share the machine's two cores with nothing else of theirs.
+static ONE_STORM_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// 100 reloads (two versions, alternating) while a publisher sends without pause and 100
 /// subscribers receive: every subscriber gets every message exactly once, in order, and
 /// no one is unsubscribed or disconnected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_reloads_under_load_lose_reorder_and_drop_nothing() {
-    const SUBSCRIBERS: usize = 100;
-    const RELOADS: usize = 100;
-    const MAX_MESSAGES: u64 = 20_000;
-    const CHANNEL: &str = "gate:storm";
+    let _one = ONE_STORM_AT_A_TIME.lock().await;
     let dir = plugin_dir();
     // Room for the test's own readers to fall behind on a busy machine: this test is about
     // reloads, not slow consumers.
     let server = start(&dir, &[("STELLWERK_LIMITS_QUEUE_CAPACITY", "16384")]).await;
-    let admin = Admin::new(&server);
+    reload_storm(&[server]).await;
+}
+
+/// The same on two nodes over one real Redis, each with its own plugin directory (as
+/// operations.md says to deploy): each node is reloaded 50 times while the publisher
+/// alternates between the nodes and half of the subscribers sit on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_reloads_on_two_nodes_over_redis_lose_reorder_and_drop_nothing() {
+    let _one = ONE_STORM_AT_A_TIME.lock().await;
+    let redis = stellwerk_e2e::redis::RedisServer::start();
+    let url = redis.url();
+    let env = [
+        ("STELLWERK_LIMITS_QUEUE_CAPACITY", "16384"),
+        ("STELLWERK_ENGINE_KIND", "redis"),
+        ("STELLWERK_ENGINE_REDIS_URL", &url),
+    ];
+    let (dir_a, dir_b) = (plugin_dir(), plugin_dir());
+    let a = builder(&dir_a, &env).start().await;
+    let b = builder(&dir_b, &env).shared_with(&a).start().await;
+    reload_storm(&[a, b]).await;
+}
+
+/// Reload `i` of 100 goes to node `i % n`; each node alternates between `gate` 2.0.0 and
+/// 1.0.0, ending on 1.0.0.
+async fn reload_storm(nodes: &[Server]) {
+    const SUBSCRIBERS: usize = 100;
+    const RELOADS: usize = 100;
+    const MAX_MESSAGES: u64 = 20_000;
+    const CHANNEL: &str = "gate:storm";
+    let admins: Vec<Admin> = nodes.iter().map(Admin::new).collect();
 
     let mut readers = Vec::with_capacity(SUBSCRIBERS);
     for i in 0..SUBSCRIBERS {
-        let (mut ws, reply) = server.subscriber(&format!("user{i}"), CHANNEL).await;
+        let node = &nodes[i % nodes.len()];
+        let (mut ws, reply) = node.subscriber(&format!("user{i}"), CHANNEL).await;
         let first_offset = reply["offset"]
             .as_u64()
             .expect("subscribed carries an offset");
@@ -353,13 +383,14 @@ async fn a_hundred_reloads_under_load_lose_reorder_and_drop_nothing() {
     let publisher = {
         let publishing = publishing.clone();
         let http = reqwest::Client::new();
-        let url = server.http_url("/api/publish");
-        let key = server.api_key().to_owned();
+        // Stud.IP's PHP publishes to whichever node the load balancer picks.
+        let urls: Vec<String> = nodes.iter().map(|n| n.http_url("/api/publish")).collect();
+        let key = nodes[0].api_key().to_owned();
         tokio::spawn(async move {
             let mut seq = 0;
             while publishing.load(std::sync::atomic::Ordering::Relaxed) && seq < MAX_MESSAGES {
                 let resp = http
-                    .post(&url)
+                    .post(&urls[seq as usize % urls.len()])
                     .bearer_auth(&key)
                     .body(json!({"channel": CHANNEL, "data": {"seq": seq}}).to_string())
                     .send()
@@ -375,20 +406,26 @@ async fn a_hundred_reloads_under_load_lose_reorder_and_drop_nothing() {
     let (v1, v2) = (bytes_of("gate"), bytes_of("gate-v2"));
     let started = Instant::now();
     for i in 0..RELOADS {
-        let bytes = if i % 2 == 0 { v2.clone() } else { v1.clone() };
-        let (status, body) = admin.upload("gate", bytes).await;
+        let node = i % nodes.len();
+        let bytes = if (i / nodes.len()).is_multiple_of(2) {
+            v2.clone()
+        } else {
+            v1.clone()
+        };
+        let (status, body) = admins[node].upload("gate", bytes).await;
         assert_eq!(status, 200, "reload {i}: {body}");
         assert_eq!(body["outcome"], "loaded", "reload {i}: {body}");
+        // Each node re-checks its own subscribers only.
         assert_eq!(
             body["reauthorized"],
-            json!({"kept": SUBSCRIBERS, "revoked": 0}),
-            "reload {i}: {body}"
+            json!({"kept": SUBSCRIBERS / nodes.len(), "revoked": 0}),
+            "reload {i} on node {node}: {body}"
         );
     }
     let reload_time = started.elapsed();
     publishing.store(false, std::sync::atomic::Ordering::Relaxed);
     let published = publisher.await.expect("publisher");
-    server.publish_ok(CHANNEL, &json!({"end": true})).await;
+    nodes[0].publish_ok(CHANNEL, &json!({"end": true})).await;
 
     let mut by_version: HashMap<String, u64> = HashMap::new();
     for (i, reader) in readers.into_iter().enumerate() {
@@ -414,15 +451,17 @@ async fn a_hundred_reloads_under_load_lose_reorder_and_drop_nothing() {
         by_version.contains_key("1.0.0") && by_version.contains_key("2.0.0"),
         "{by_version:?}"
     );
-    let after = admin.plugin("gate").await.expect("gate listed");
-    assert_eq!(after["state"], "loaded", "{after}");
-    assert_eq!(
-        after["version"], "1.0.0",
-        "the 100th reload put 1.0.0 back: {after}"
-    );
-    assert!(
-        !server.log().contains("slow consumer"),
-        "no subscriber was cut off: {}",
-        server.log()
-    );
+    for (admin, node) in admins.iter().zip(nodes) {
+        let after = admin.plugin("gate").await.expect("gate listed");
+        assert_eq!(after["state"], "loaded", "{after}");
+        assert_eq!(
+            after["version"], "1.0.0",
+            "the last reload put 1.0.0 back: {after}"
+        );
+        assert!(
+            !node.log().contains("slow consumer"),
+            "no subscriber was cut off: {}",
+            node.log()
+        );
+    }
 }

@@ -91,12 +91,15 @@ impl Hub {
         let question = Question::Disconnect {
             user: user.to_owned(),
         };
-        let elsewhere: u64 = self
-            .ask_others(&question)
-            .await?
-            .iter()
-            .filter_map(serde_json::Value::as_u64)
-            .sum();
+        let answers = self.ask_others(&question).await.map_err(|mut refusal| {
+            // Not "nothing was done": this node's part is.
+            refusal.message = format!(
+                "{here} connection(s) of the user on this node were cut off; the other nodes \
+                 could not be asked (the message store is unreachable), try again"
+            );
+            refusal
+        })?;
+        let elsewhere: u64 = answers.iter().filter_map(serde_json::Value::as_u64).sum();
         Ok(here + usize::try_from(elsewhere).unwrap_or(usize::MAX))
     }
 

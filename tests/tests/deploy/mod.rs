@@ -15,7 +15,7 @@ use serde_json::Value;
 use stellwerk_e2e::plugin_dir::component;
 pub(crate) use stellwerk_e2e::plugin_dir::PluginDir;
 use stellwerk_e2e::server::status_and_json;
-use stellwerk_e2e::{random_hex, Server};
+use stellwerk_e2e::{random_hex, Server, ServerBuilder};
 
 pub(crate) const ADMIN_TOKEN: &str = "reload-admin-token";
 /// How long a change may take to show up before the test fails (never a speed assertion:
@@ -97,13 +97,18 @@ impl Deploy for PluginDir {
 
 /// A broker on `dir` with the admin token set, plus `env`.
 pub(crate) async fn start(dir: &PluginDir, env: &[(&str, &str)]) -> Server {
+    builder(dir, env).start().await
+}
+
+/// [`start`], not started yet.
+pub(crate) fn builder(dir: &PluginDir, env: &[(&str, &str)]) -> ServerBuilder {
     let mut builder = Server::builder()
         .plugins_dir(dir.path())
         .env("STELLWERK_ADMIN_TOKEN", ADMIN_TOKEN);
     for (key, value) in env {
         builder = builder.env(key, value);
     }
-    builder.start().await
+    builder
 }
 
 /// The admin API of one broker, as an operator's script would call it.
