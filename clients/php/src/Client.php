@@ -309,12 +309,12 @@ final class Client
             if (microtime(true) > $deadline) {
                 foreach ($running as [$ch, $path]) {
                     curl_multi_remove_handle($multi, $ch);
-                    $this->report(new Timeout("Stellwerk POST $path: gave up at the flush deadline", CURLE_OPERATION_TIMEDOUT));
+                    $this->report(new Timeout("Stellwerk POST $path: gave up at the flush deadline", CURLE_OPERATION_TIMEDOUT, false));
                 }
                 $running = [];
                 // Whatever was never started is dropped too: the deadline is the promise.
                 for (; $next < count($queue); $next++) {
-                    $this->report(new Timeout("Stellwerk POST {$queue[$next][0]}: not sent, flush deadline passed", CURLE_OPERATION_TIMEDOUT));
+                    $this->report(new Timeout("Stellwerk POST {$queue[$next][0]}: not sent, flush deadline passed", CURLE_OPERATION_TIMEDOUT, true));
                 }
                 break;
             }
@@ -511,7 +511,8 @@ final class Client
         if ($errno !== 0) {
             $message = sprintf('Stellwerk %s %s: %s (curl error %d)', $method, $path, curl_error($ch) ?: curl_strerror($errno), $errno);
             if ($errno === CURLE_OPERATION_TIMEDOUT) {
-                throw new Timeout($message, $errno);
+                // No connect time: the connection itself was never established.
+                throw new Timeout($message, $errno, !(curl_getinfo($ch, CURLINFO_CONNECT_TIME) > 0));
             }
             throw new TransportException($message, $errno);
         }
