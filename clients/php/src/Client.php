@@ -51,9 +51,6 @@ final class Client
     /** Queued fire-and-forget publishes kept at most; more are dropped (reported to on_error). */
     public const MAX_PENDING = 1000;
 
-    /** Queued publishes sent at the same time by flush(). */
-    private const FLUSH_CONCURRENCY = 8;
-
     private const OPTIONS = [
         'connect_timeout',
         'timeout',
@@ -260,8 +257,11 @@ final class Client
     }
 
     /**
-     * Sends the queued fire-and-forget publishes now, a few at a time, each bounded by the
-     * timeouts. Failures go to `on_error`; nothing is thrown and nothing is retried.
+     * Sends the queued fire-and-forget publishes now, one after the other in the order they
+     * were queued (on one kept-alive connection), all of them within `timeout` seconds
+     * together. Failures go to `on_error`; nothing is thrown and nothing is retried. Once the
+     * broker proves unreachable (a transport error or timeout), or the time is up, the rest of
+     * the queue is dropped and reported.
      *
      * @return int how many of them the broker accepted
      */
@@ -269,60 +269,32 @@ final class Client
     {
         $queue = $this->pending;
         $this->pending = [];
-        if ($queue === []) {
-            return 0;
-        }
-        $multi = curl_multi_init();
-        $running = [];
         $accepted = 0;
-        $next = 0;
-        // Bounded twice: every transfer has curl's own timeout, and the loop a deadline.
-        $deadline = microtime(true) + (count($queue) / self::FLUSH_CONCURRENCY + 1) * $this->timeout + 1.0;
-        while ($next < count($queue) || $running !== []) {
-            while ($next < count($queue) && count($running) < self::FLUSH_CONCURRENCY) {
-                [$path, $body] = $queue[$next++];
-                $headers = new \ArrayObject();
-                $ch = $this->newHandle('POST', $path, $body, $headers);
-                curl_multi_add_handle($multi, $ch);
-                $running[self::handleId($ch)] = [$ch, $path, $headers];
+        $deadline = microtime(true) + $this->timeout;
+        $unreachable = null;
+        foreach ($queue as [$path, $body]) {
+            $left = $deadline - microtime(true);
+            if ($unreachable !== null) {
+                $this->report(new TransportException(
+                    "Stellwerk POST $path: not sent, the broker was unreachable: " . $unreachable->getMessage(),
+                    $unreachable->getCurlErrno()
+                ));
+                continue;
             }
-            do {
-                $status = curl_multi_exec($multi, $active);
-            } while ($status === CURLM_CALL_MULTI_PERFORM);
-            while (($done = curl_multi_info_read($multi)) !== false) {
-                $ch = $done['handle'];
-                $id = self::handleId($ch);
-                if (!isset($running[$id])) {
-                    continue;
-                }
-                [, $path, $headers] = $running[$id];
-                unset($running[$id]);
-                $raw = curl_multi_getcontent($ch);
-                curl_multi_remove_handle($multi, $ch);
-                try {
-                    $this->evaluate($ch, $done['result'], is_string($raw) ? $raw : '', $headers, 'POST', $path);
-                    $accepted++;
-                } catch (StellwerkException $e) {
-                    $this->report($e);
-                }
+            if ($left <= 0) {
+                $this->report(new Timeout("Stellwerk POST $path: not sent, the flush took its whole timeout", CURLE_OPERATION_TIMEDOUT, true));
+                continue;
             }
-            if (microtime(true) > $deadline) {
-                foreach ($running as [$ch, $path]) {
-                    curl_multi_remove_handle($multi, $ch);
-                    $this->report(new Timeout("Stellwerk POST $path: gave up at the flush deadline", CURLE_OPERATION_TIMEDOUT, false));
-                }
-                $running = [];
-                // Whatever was never started is dropped too: the deadline is the promise.
-                for (; $next < count($queue); $next++) {
-                    $this->report(new Timeout("Stellwerk POST {$queue[$next][0]}: not sent, flush deadline passed", CURLE_OPERATION_TIMEDOUT, true));
-                }
-                break;
-            }
-            if ($running !== [] && $active) {
-                curl_multi_select($multi, 0.1);
+            try {
+                $this->request('POST', $path, $body, $left);
+                $accepted++;
+            } catch (TransportException $e) {
+                $unreachable = $e;
+                $this->report($e);
+            } catch (StellwerkException $e) {
+                $this->report($e);
             }
         }
-        curl_multi_close($multi);
         return $accepted;
     }
 
@@ -430,7 +402,7 @@ final class Client
      * @return array<mixed> the decoded JSON body of a 2xx answer
      * @throws StellwerkException
      */
-    private function request(string $method, string $path, ?string $body): array
+    private function request(string $method, string $path, ?string $body, ?float $timeout = null): array
     {
         $headers = new \ArrayObject();
         if ($this->curl === null) {
@@ -438,28 +410,17 @@ final class Client
         } else {
             curl_reset($this->curl);
         }
-        $this->prepare($this->curl, $method, $path, $body, $headers);
+        $this->prepare($this->curl, $method, $path, $body, $headers, $timeout ?? $this->timeout);
         $raw = curl_exec($this->curl);
         $errno = $raw === false ? curl_errno($this->curl) : 0;
         return $this->evaluate($this->curl, $errno, is_string($raw) ? $raw : '', $headers, $method, $path);
     }
 
     /**
-     * @param \ArrayObject<string, string> $headers
-     * @return resource|\CurlHandle
-     */
-    private function newHandle(string $method, string $path, ?string $body, \ArrayObject $headers)
-    {
-        $ch = curl_init();
-        $this->prepare($ch, $method, $path, $body, $headers);
-        return $ch;
-    }
-
-    /**
      * @param resource|\CurlHandle $ch
      * @param \ArrayObject<string, string> $headers filled with the response headers (lower-case names)
      */
-    private function prepare($ch, string $method, string $path, ?string $body, \ArrayObject $headers): void
+    private function prepare($ch, string $method, string $path, ?string $body, \ArrayObject $headers, float $timeout): void
     {
         $requestHeaders = [
             'Authorization: Bearer ' . $this->apiKey,
@@ -473,8 +434,8 @@ final class Client
             CURLOPT_HEADER => false,
             CURLOPT_FOLLOWLOCATION => false,
             CURLOPT_NOSIGNAL => true,
-            CURLOPT_CONNECTTIMEOUT_MS => (int) ceil($this->connectTimeout * 1000),
-            CURLOPT_TIMEOUT_MS => (int) ceil($this->timeout * 1000),
+            CURLOPT_CONNECTTIMEOUT_MS => (int) ceil(min($this->connectTimeout, $timeout) * 1000),
+            CURLOPT_TIMEOUT_MS => (int) ceil($timeout * 1000),
             CURLOPT_USERAGENT => $this->userAgent,
             CURLOPT_PROTOCOLS => CURLPROTO_HTTP | CURLPROTO_HTTPS,
             CURLOPT_HEADERFUNCTION => static function ($ch, string $line) use ($headers): int {
@@ -633,12 +594,6 @@ final class Client
             throw new \InvalidArgumentException("$name must not be negative");
         }
         return $value;
-    }
-
-    /** @param resource|\CurlHandle $ch */
-    private static function handleId($ch): int
-    {
-        return is_object($ch) ? spl_object_id($ch) : (int) $ch;
     }
 
     private function report(StellwerkException $e): void
