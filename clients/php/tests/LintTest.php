@@ -104,8 +104,8 @@ final class LintTest extends TestCase
             $declarations = [
                 'constructor promotion (8.0)' => '/function\s+__construct\s*\([^)]*\b(public|private|protected|readonly)\s/s',
                 'union parameter type (8.0)' => '/function\s*&?\s*\w*\s*\([^)]*\b\w+\s*\|\s*\w+\s+&?\.{0,3}\$\w+/s',
-                'union return type (8.0)' => '/\)\s*:\s*\??[\w\\\\]+\s*\|/',
-                'return type 7.4 lacks (8.0+)' => '/\)\s*:\s*\??(mixed|never|false|null|static)\s*[{;]/i',
+                'union return type (8.0)' => '/function\s*&?\s*\w*\s*\([^)]*\)\s*(use\s*\([^)]*\)\s*)?:\s*\??[\w\\\\]+\s*\|/',
+                'return type 7.4 lacks (8.0+)' => '/function\s*&?\s*\w*\s*\([^)]*\)\s*(use\s*\([^)]*\)\s*)?:\s*\??(mixed|never|false|null|static)\s*[{;]/i',
                 'new in initializer (8.1)' => '/function\s*&?\s*\w*\s*\([^)]*=\s*new\s/s',
             ];
             foreach ($declarations as $what => $pattern) {
