@@ -88,9 +88,10 @@ final class Broker
         return $this->process->log();
     }
 
+    /** Kills the broker (SIGKILL, as the Rust harness does: no graceful wait for kept-alive connections). */
     public function stop(): void
     {
-        $this->process->stop();
+        $this->process->kill();
     }
 
     /** Env variable (relative to the working directory) or the default relative to the repository root. */
