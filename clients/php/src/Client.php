@@ -437,7 +437,6 @@ final class Client
             CURLOPT_CONNECTTIMEOUT_MS => (int) ceil(min($this->connectTimeout, $timeout) * 1000),
             CURLOPT_TIMEOUT_MS => (int) ceil($timeout * 1000),
             CURLOPT_USERAGENT => $this->userAgent,
-            CURLOPT_PROTOCOLS => CURLPROTO_HTTP | CURLPROTO_HTTPS,
             CURLOPT_HEADERFUNCTION => static function ($ch, string $line) use ($headers): int {
                 if (strncasecmp($line, 'HTTP/', 5) === 0) {
                     // A new response (after `100 Continue`, say): forget the previous one's.

@@ -58,6 +58,7 @@ final class LintTest extends TestCase
             'T_ENUM' => 'enum (8.1)',
         ];
         $newerTypes = ['mixed', 'never', 'false', 'null'];
+        $newerFunctions = ['str_contains', 'str_starts_with', 'str_ends_with', 'array_is_list', 'get_debug_type', 'fdiv', 'preg_last_error_msg', 'get_resource_id', 'enum_exists'];
         foreach (self::sources() as $file) {
             $tokens = token_get_all((string) file_get_contents($file));
             $count = count($tokens);
@@ -73,6 +74,10 @@ final class LintTest extends TestCase
                         $prev = self::previousSignificant($tokens, $i);
                         if ($next === ':' && in_array($prev, ['(', ','], true)) {
                             $this->fail("$file:{$token[2]}: named argument {$token[1]}: (8.0)");
+                        }
+                        // Functions PHP 7.4 does not have.
+                        if (in_array(strtolower($token[1]), $newerFunctions, true) && $next === '(' && !in_array($prev, ['->', '::', 'function'], true)) {
+                            $this->fail("$file:{$token[2]}: {$token[1]}() is PHP 8 only");
                         }
                         // Parameter types 7.4 lacks: `mixed $x` (return types: below).
                         if (in_array(strtolower($token[1]), $newerTypes, true) && in_array($prev, ['(', ',', '?'], true)) {

@@ -83,6 +83,11 @@ final class Broker
         $this->url = $m[1];
     }
 
+    public function __destruct()
+    {
+        $this->process->kill();
+    }
+
     public function log(): string
     {
         return $this->process->log();
