@@ -34,7 +34,7 @@ final class LintTest extends TestCase
         $this->assertGreaterThan(20, count($files));
         foreach ($files as $file) {
             $proc = proc_open(
-                [PHP_BINARY, '-d', 'display_errors=1', '-d', 'error_reporting=-1', '-l', $file],
+                ['timeout', '30', PHP_BINARY, '-d', 'display_errors=1', '-d', 'error_reporting=-1', '-l', $file],
                 [0 => ['file', '/dev/null', 'r'], 1 => ['pipe', 'w'], 2 => ['pipe', 'w']],
                 $pipes
             );
