@@ -311,6 +311,8 @@ final class Client
             register_shutdown_function([$this, 'onShutdown'], true);
             return;
         }
+        // A publish from a shutdown function that runs after this one registers anew.
+        $this->shutdownRegistered = false;
         if ($this->pending === []) {
             return;
         }

@@ -48,7 +48,7 @@ final class FireAndForgetTest extends TestCase
         $this->assertSame(0, $status, $stderr);
         $this->assertSame("page done\napp shutdown, queued: 3\n", $stdout, 'sent after the page and the app\'s own shutdown functions');
         $this->assertSame('', $stderr);
-        $this->assertSame([1, 2, 3], array_column(array_column($client->history($channel)['messages'], 'data'), 'n'));
+        $this->assertSame([1, 2, 3, 'late'], array_column(array_column($client->history($channel)['messages'], 'data'), 'n'));
     }
 
     public function testFailuresGoToOnErrorOrTheErrorLogNeverToTheCaller(): void

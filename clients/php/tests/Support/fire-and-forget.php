@@ -23,3 +23,10 @@ register_shutdown_function(static function () use ($stellwerk): void {
     echo 'app shutdown, queued: ' . $stellwerk->pendingCount() . "\n";
 });
 echo "page done\n";
+// A shutdown function that only comes to exist during shutdown, after the client's own ran,
+// still gets its publish out (the client registers again).
+register_shutdown_function(static function () use ($stellwerk, $channel): void {
+    register_shutdown_function(static function () use ($stellwerk, $channel): void {
+        $stellwerk->publish($channel, ['n' => 'late']);
+    });
+});
