@@ -6,8 +6,10 @@
 //!   broker ever loads them.
 //! - `build-plugin <crate> [--out-dir DIR]`: one plugin crate from anywhere →
 //!   `<DIR, default target/plugins>/<crate>.wasm`; prints the component's path.
-//! - `test [args…]`: build-plugins, the plugins' native unit tests, then
-//!   `cargo test --workspace [args…]`.
+//! - `test [args…]`: build-plugins, the plugins' native unit tests,
+//!   `cargo test --workspace [args…]`, then the clients' suites (`clients`: PHP with
+//!   phpunit, the browser client with Node.js and headless Chromium). Every suite runs even
+//!   when an earlier one failed; the command fails if any did.
 //! - `run [args…]`: builds the example plugins, then `stellwerk serve [args…]` with
 //!   `STELLWERK_PLUGINS_DIR=target/plugins` (unless already set).
 //!
@@ -18,9 +20,11 @@
 //! - `members`: which plugin crates a workspace has (read from its `Cargo.toml`).
 //! - `toolchain`: finds (or installs) a Rust that can build wasm32 and the component linker.
 //! - `single_crate`: `build-plugin`, for a crate outside the plugin workspaces.
+//! - `clients`: the client libraries' test suites.
 //! - `component`: checks cargo's artifact is a component and installs it.
 //! - `shell`: runs commands, printing each one first.
 
+mod clients;
 mod component;
 mod members;
 mod shell;
@@ -43,7 +47,8 @@ commands:
   build-plugin <crate> [--out-dir DIR]
                    build one plugin crate (any directory) into DIR/<name>.wasm
                    (default DIR: target/plugins, which `run` serves); prints its path
-  test [args…]     build-plugins, the plugins' unit tests, then `cargo test --workspace [args…]`
+  test [args…]     build-plugins, the plugins' unit tests, `cargo test --workspace [args…]`,
+                   then the clients' suites (phpunit in clients/php, npm test in clients/js)
   run [args…]      build the example plugins, then `stellwerk serve [args…]` on target/plugins
 
 environment:
@@ -104,11 +109,11 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Where the example plugins land (the broker's plugin directory for `run` and the tests).
-fn plugins_out_dir(root: &Path) -> PathBuf {
+pub(crate) fn plugins_out_dir(root: &Path) -> PathBuf {
     root.join("target").join("plugins")
 }
 
-fn cargo() -> OsString {
+pub(crate) fn cargo() -> OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
@@ -206,15 +211,30 @@ fn build_plugins(root: &Path, workspace: &PluginWorkspace) -> Result<()> {
 fn test(root: &Path, extra: &[OsString]) -> Result<()> {
     build_all_plugins(root)?;
     // The plugins' rules, natively, in the plugins workspace's own target dir.
-    Cmd::new(cargo())
+    let plugins = Cmd::new(cargo())
         .args(["test", "--workspace"])
         .current_dir(&root.join("plugins"))
-        .run()?;
-    Cmd::new(cargo())
+        .run();
+    let workspace = Cmd::new(cargo())
         .args(["test", "--workspace"])
         .args(extra)
         .current_dir(root)
-        .run()
+        .run();
+    let clients = clients::test(root);
+    let failed: Vec<String> = [
+        ("plugins", plugins),
+        ("workspace", workspace),
+        ("clients", clients),
+    ]
+    .into_iter()
+    .filter_map(|(name, result)| result.err().map(|e| format!("{name}: {e:#}")))
+    .collect();
+    ensure!(
+        failed.is_empty(),
+        "tests failed:\n  {}",
+        failed.join("\n  ")
+    );
+    Ok(())
 }
 
 fn run_broker(root: &Path, extra: &[OsString]) -> Result<()> {

