@@ -16,6 +16,16 @@
 //! | `flood` | `on-publish` answers ~3 MiB | the output cap (2 MiB) |
 //! | `liar` | `filter` answers data that is not JSON | the answer check: delivery skipped |
 //! | `slowfilter` | `filter` takes as long as each message asks | one deadline per history or recovery reply |
+//!
+//! The same faults from plugins written in JavaScript (`tests/plugins/js-*`, built with the
+//! JavaScript SDK into QuickJS components) are contained, refused and counted the same way:
+//!
+//! | plugin | misbehaving hook | what stops it |
+//! |---|---|---|
+//! | `js-spin` | `authorizeSubscribe` loops forever | the CPU deadline |
+//! | `js-hog` | `authorizeSubscribe` allocates without bound | the memory cap |
+//! | `js-throw` | `onPublish` throws | the trap (the SDK logs the exception first) |
+//! | `js-liar` | `filter` answers something that is no `Delivery` | the SDK refuses it: a trap, the delivery skipped |
 
 use std::future::Future;
 use std::path::Path;
@@ -28,6 +38,7 @@ use stellwerk_e2e::{assert_http_error, assert_ws_error, Server, WsClient};
 
 const ADMIN_TOKEN: &str = "sandbox-admin-token";
 const MISBEHAVING: [&str; 5] = ["spin", "hog", "panicky", "flood", "liar"];
+const MISBEHAVING_JS: [&str; 4] = ["js-spin", "js-hog", "js-throw", "js-liar"];
 /// Upper bound for one HTTP round trip: the test fails instead of hanging.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for a log line (the log is copied from the child on another thread).
@@ -150,7 +161,7 @@ async fn flood_answers_over_the_output_cap_are_refused() {
 async fn liar_filter_answers_that_are_not_json_skip_the_delivery() {
     let dir = plugins_dir();
     let server = start(&dir).await;
-    let (faults, calls) = filter_faults(&server).await;
+    let (faults, calls) = filter_faults(&server, "liar").await;
     assert_fault_logged(&server, "liar", "filter", "not valid JSON").await;
     let metrics = scrape_metrics(&server).await;
     assert_eq!(
@@ -176,7 +187,7 @@ async fn one_broker_survives_every_misbehaving_plugin_in_turn() {
     let hog = subscribe_faults(&server, "hog").await;
     let panicky = publish_faults(&server, "panicky").await;
     let flood = publish_faults(&server, "flood").await;
-    let (liar, _) = filter_faults(&server).await;
+    let (liar, _) = filter_faults(&server, "liar").await;
 
     let metrics = scrape_metrics(&server).await;
     for (plugin, hook, faults) in [
@@ -195,6 +206,65 @@ async fn one_broker_survives_every_misbehaving_plugin_in_turn() {
     }
     assert_public_never_faulted(&metrics);
     assert_broker_memory_well_below_1_gib(&dir);
+}
+
+#[tokio::test]
+async fn js_spin_is_stopped_by_the_cpu_deadline_and_the_broker_carries_on() {
+    let dir = js_plugins_dir();
+    let server = start_with(&dir, &MISBEHAVING_JS).await;
+    let faults = subscribe_faults(&server, "js-spin").await;
+    assert_fault_logged(&server, "js-spin", "authorize-subscribe", "time limit").await;
+    assert_fault_counts(&server, "js-spin", "authorize-subscribe", faults).await;
+}
+
+#[tokio::test]
+async fn js_hog_is_stopped_by_the_memory_cap_and_the_broker_stays_small() {
+    let dir = js_plugins_dir();
+    let server = start_with(&dir, &MISBEHAVING_JS).await;
+    let faults = subscribe_faults(&server, "js-hog").await;
+    assert_fault_logged(&server, "js-hog", "authorize-subscribe", "").await;
+    assert_fault_counts(&server, "js-hog", "authorize-subscribe", faults).await;
+    assert_broker_memory_well_below_1_gib(&dir);
+}
+
+#[tokio::test]
+async fn js_throw_publishes_are_refused_and_the_exception_is_logged() {
+    let dir = js_plugins_dir();
+    let server = start_with(&dir, &MISBEHAVING_JS).await;
+    let faults = publish_faults(&server, "js-throw").await;
+    assert_fault_logged(&server, "js-throw", "on-publish", "").await;
+    // The SDK logs the exception with its stack before the trap.
+    wait_for_log_line(&server, "the exception of `js-throw`", |line| {
+        names_plugin(line, "js-throw")
+            && line.contains("plugin threw in onPublish: Error: onPublish throws on purpose")
+    })
+    .await;
+    assert_fault_counts(&server, "js-throw", "on-publish", faults).await;
+}
+
+#[tokio::test]
+async fn js_liar_filter_answers_that_are_no_delivery_skip_the_delivery() {
+    let dir = js_plugins_dir();
+    let server = start_with(&dir, &MISBEHAVING_JS).await;
+    let (faults, calls) = filter_faults(&server, "js-liar").await;
+    assert_fault_logged(&server, "js-liar", "filter", "").await;
+    wait_for_log_line(&server, "why `js-liar`'s answer was refused", |line| {
+        names_plugin(line, "js-liar")
+            && line.contains("filter answered an object (Object), not a Delivery")
+    })
+    .await;
+    let metrics = scrape_metrics(&server).await;
+    assert_eq!(
+        sample(&metrics, &series("faults", "js-liar", "filter")),
+        faults,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, &series("calls", "js-liar", "filter")),
+        calls,
+        "{metrics}"
+    );
+    assert_public_never_faulted(&metrics);
 }
 
 // ----- provoking faults ------------------------------------------------------------------
@@ -296,29 +366,33 @@ async fn publish_faults(server: &Server, plugin: &str) -> u64 {
     faults
 }
 
-/// `liar`'s `filter` answers garbage for data containing `"lie"`: that delivery is skipped
-/// (the publish itself succeeds), honest messages before and after are delivered. Returns
-/// the faulting and the total `filter` calls made.
-async fn filter_faults(server: &Server) -> (u64, u64) {
-    let (mut reader, _) = server.subscriber("u-liar-reader", "liar:news").await;
+/// `plugin`'s (`liar`'s) `filter` answers garbage for data containing `"lie"`: that delivery
+/// is skipped (the publish itself succeeds), honest messages before and after are delivered.
+/// Returns the faulting and the total `filter` calls made.
+async fn filter_faults(server: &Server, plugin: &str) -> (u64, u64) {
+    let channel = format!("{plugin}:news");
+    let channel = channel.as_str();
+    let (mut reader, _) = server
+        .subscriber(&format!("u-{plugin}-reader"), channel)
+        .await;
     let mut faults = 0;
     let mut calls = 0;
     for round in ["first", "second"] {
         let honest = json!({"text": format!("honest {round}")});
-        within("publish", server.publish_ok("liar:news", &honest)).await;
+        within("publish", server.publish_ok(channel, &honest)).await;
         calls += 1;
-        assert_next_message(&mut reader, "liar:news", &honest).await;
+        assert_next_message(&mut reader, channel, &honest).await;
 
         let (status, body) = within(
             "publish",
-            server.publish(&json!({"channel": "liar:news", "data": {"lie": round}})),
+            server.publish(&json!({"channel": channel, "data": {"lie": round}})),
         )
         .await;
         assert_eq!(status, 200, "the publish itself is accepted: {body}");
         calls += 1;
         faults += 1;
         // The lie was skipped: the next push is the public message sent now.
-        assert_public_works(server, &mut reader, &format!("liar-{round}")).await;
+        assert_public_works(server, &mut reader, &format!("{plugin}-{round}")).await;
     }
     (faults, calls)
 }
@@ -507,7 +581,16 @@ fn plugins_dir() -> PluginDir {
     PluginDir::with(&[&["public"][..], &MISBEHAVING[..]].concat())
 }
 
+/// The same with the misbehaving JavaScript plugins instead.
+fn js_plugins_dir() -> PluginDir {
+    PluginDir::with(&[&["public"][..], &MISBEHAVING_JS[..]].concat())
+}
+
 async fn start(dir: &PluginDir) -> Server {
+    start_with(dir, &MISBEHAVING).await
+}
+
+async fn start_with(dir: &PluginDir, misbehaving: &[&str]) -> Server {
     let server = Server::builder()
         .plugins_dir(dir.path())
         .env("STELLWERK_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -515,7 +598,7 @@ async fn start(dir: &PluginDir) -> Server {
         .await;
     // Everything loaded, the misbehaving plugins included (their `describe` is sane).
     let metrics = scrape_metrics(&server).await;
-    for plugin in MISBEHAVING.iter().chain(&["public"]) {
+    for plugin in misbehaving.iter().chain(&["public"]) {
         let calls = series("calls", plugin, "authorize-subscribe");
         assert_eq!(sample(&metrics, &calls), 0, "{plugin} is loaded: {metrics}");
     }

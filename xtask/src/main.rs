@@ -1,15 +1,17 @@
 //! `cargo xtask <command>`: the project's build tool.
 //!
-//! - `build-plugins`: every crate of the `plugins/` workspace → a WebAssembly component at
-//!   `target/plugins/<crate>.wasm`, and every crate of `tests/plugins/` (misbehaving plugins
-//!   for the sandbox tests) → `target/test-plugins/<crate>.wasm`, kept apart so that no real
-//!   broker ever loads them.
-//! - `build-plugin <crate> [--out-dir DIR]`: one plugin crate from anywhere →
-//!   `<DIR, default target/plugins>/<crate>.wasm`; prints the component's path.
-//! - `test [args…]`: build-plugins, the plugins' native unit tests,
-//!   `cargo test --workspace [args…]`, then the clients' suites (`clients`: PHP with
-//!   phpunit, the browser client with Node.js and headless Chromium). Every suite runs even
-//!   when an earlier one failed; the command fails if any did.
+//! - `build-plugins`: every crate of the `plugins/` workspace, and every JavaScript plugin
+//!   directory beside them (`plugins/<name>/package.json`), → a WebAssembly component at
+//!   `target/plugins/<name>.wasm`; the same for `tests/plugins/` (misbehaving plugins for the
+//!   sandbox tests) → `target/test-plugins/<name>.wasm`, kept apart so that no real broker
+//!   ever loads them.
+//! - `build-plugin <dir> [--out-dir DIR]`: one plugin from anywhere, a Rust crate or a
+//!   JavaScript plugin (its `package.json`) → `<DIR, default target/plugins>/<name>.wasm`;
+//!   prints the component's path.
+//! - `test [args…]`: build-plugins, the plugins' native unit tests (`cargo test` for Rust,
+//!   `node --test` for the JavaScript SDK and plugins), `cargo test --workspace [args…]`,
+//!   then the clients' suites (`clients`: PHP with phpunit). Every suite runs even when an
+//!   earlier one failed; the command fails if any did.
 //! - `run [args…]`: builds the example plugins, then `stellwerk serve [args…]` with
 //!   `STELLWERK_PLUGINS_DIR=target/plugins` (unless already set).
 //!
@@ -20,12 +22,14 @@
 //! - `members`: which plugin crates a workspace has (read from its `Cargo.toml`).
 //! - `toolchain`: finds (or installs) a Rust that can build wasm32 and the component linker.
 //! - `single_crate`: `build-plugin`, for a crate outside the plugin workspaces.
+//! - `js`: JavaScript plugins (npm, `plugin-sdk/js`'s `stellwerk-plugin build`).
 //! - `clients`: the client libraries' test suites.
 //! - `component`: checks cargo's artifact is a component and installs it.
 //! - `shell`: runs commands, printing each one first.
 
 mod clients;
 mod component;
+mod js;
 mod members;
 mod shell;
 mod single_crate;
@@ -42,13 +46,15 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [args…]
 
 commands:
-  build-plugins    build every crate in plugins/ into a component at target/plugins/<name>.wasm,
-                   and the sandbox tests' plugins in tests/plugins/ into target/test-plugins/
-  build-plugin <crate> [--out-dir DIR]
-                   build one plugin crate (any directory) into DIR/<name>.wasm
-                   (default DIR: target/plugins, which `run` serves); prints its path
-  test [args…]     build-plugins, the plugins' unit tests, `cargo test --workspace [args…]`,
-                   then the clients' suites (phpunit in clients/php, npm test in clients/js)
+  build-plugins    build every plugin in plugins/ (Rust crates and JavaScript directories) into
+                   a component at target/plugins/<name>.wasm, and the sandbox tests' plugins
+                   in tests/plugins/ into target/test-plugins/
+  build-plugin <dir> [--out-dir DIR]
+                   build one plugin (a Rust crate, or a JavaScript plugin with package.json;
+                   any directory) into DIR/<name>.wasm (default DIR: target/plugins, which
+                   `run` serves); prints its path
+  test [args…]     build-plugins, the plugins' unit tests (cargo test, node --test),
+                   `cargo test --workspace [args…]`, then the clients' suites (phpunit)
   run [args…]      build the example plugins, then `stellwerk serve [args…]` on target/plugins
 
 environment:
@@ -88,7 +94,15 @@ fn run() -> Result<()> {
         Some("build-plugin") => {
             let request = single_crate::Request::parse(&rest)
                 .map_err(|e| anyhow::anyhow!("{e}\n\n{USAGE}"))?;
-            let component = single_crate::build(&root, &request, &plugins_out_dir(&root))?;
+            let component = if js::is_plugin(&request.krate) {
+                let out_dir = request
+                    .out_dir
+                    .clone()
+                    .unwrap_or_else(|| plugins_out_dir(&root));
+                js::build(&root, &request.krate, &out_dir)?
+            } else {
+                single_crate::build(&root, &request, &plugins_out_dir(&root))?
+            };
             println!("{}", component.display());
             Ok(())
         }
@@ -194,9 +208,20 @@ fn build_plugins(root: &Path, workspace: &PluginWorkspace) -> Result<()> {
                 .display()
         );
     }
+    let js_plugins = js::plugins_in(&workspace.dir)?;
+    for dir in &js_plugins {
+        let installed = js::build(root, dir, &workspace.out_dir)?;
+        let kib = std::fs::metadata(&installed).map_or(0.0, |m| m.len() as f64 / 1024.0);
+        println!(
+            "{:<12} {:>8.1} KiB  {}  (JavaScript)",
+            dir.file_name().unwrap_or_default().to_string_lossy(),
+            kib,
+            installed.strip_prefix(root).unwrap_or(&installed).display()
+        );
+    }
     println!(
         "built {} plugin component(s) from {} in {:.1} s ({})",
-        members.len(),
+        members.len() + js_plugins.len(),
         workspace
             .dir
             .strip_prefix(root)
@@ -215,6 +240,8 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
         .args(["test", "--workspace"])
         .current_dir(&root.join("plugins"))
         .run();
+    // The JavaScript SDK's and plugins' rules, with `node --test`.
+    let javascript = js_plugin_dirs(root).and_then(|dirs| js::test(root, &dirs));
     let workspace = Cmd::new(cargo())
         .args(["test", "--workspace"])
         .args(extra)
@@ -223,6 +250,7 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
     let clients = clients::test(root);
     let failed: Vec<String> = [
         ("plugins", plugins),
+        ("javascript plugins", javascript),
         ("workspace", workspace),
         ("clients", clients),
     ]
@@ -235,6 +263,13 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
         failed.join("\n  ")
     );
     Ok(())
+}
+
+/// The JavaScript plugins of both plugin directories.
+fn js_plugin_dirs(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs = js::plugins_in(&PluginWorkspace::examples(root).dir)?;
+    dirs.extend(js::plugins_in(&PluginWorkspace::test_plugins(root).dir)?);
+    Ok(dirs)
 }
 
 fn run_broker(root: &Path, extra: &[OsString]) -> Result<()> {

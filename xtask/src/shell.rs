@@ -107,6 +107,27 @@ impl Cmd {
         }
     }
 
+    /// Runs like [`Cmd::run`] but captures stdout (stderr still reaches the terminal) and
+    /// returns it.
+    pub(crate) fn output(&self) -> Result<String> {
+        self.announce();
+        let output = self
+            .command()
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("could not start `{self}`"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(Failed {
+                command: self.to_string(),
+                code: output.status.code(),
+            }
+            .into())
+        }
+    }
+
     /// Runs silently and returns stdout; `None` if it cannot start or fails (used to probe
     /// what is installed, so it is not announced).
     pub(crate) fn probe(&self) -> Option<String> {
