@@ -396,6 +396,63 @@ async fn the_plugin_guide_works_as_written() {
     let _ = fs::remove_dir_all(&work);
 }
 
+/// A crate that implements the trait but forgets `export_plugin!` still links (the SDK brings
+/// the WIT world); `build-plugin` must refuse it, naming the macro, instead of writing a
+/// component the broker refuses at load with "no export `authorize-subscribe`".
+#[test]
+fn build_plugin_refuses_a_crate_without_export_plugin() {
+    let work = fresh_dir();
+    let logs = work.join("logs");
+    fs::create_dir_all(&logs).expect("create logs dir");
+    let krate = work.join("forgetful");
+    fs::create_dir_all(krate.join("src")).expect("create the crate");
+    let sdk = workspace_root().join("plugin-sdk");
+    fs::write(
+        krate.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"forgetful\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+             [lib]\ncrate-type = [\"cdylib\", \"rlib\"]\n\n\
+             [dependencies]\nstellwerk-plugin-sdk = {{ path = {:?} }}\n",
+            sdk.to_str().expect("checkout path is UTF-8")
+        ),
+    )
+    .expect("write Cargo.toml");
+    fs::write(
+        krate.join("src/lib.rs"),
+        "use stellwerk_plugin_sdk::prelude::*;\n\n\
+         pub struct Forgetful;\n\n\
+         impl ChannelPlugin for Forgetful {\n    fn describe() -> Description {\n        \
+         Description::new(\"forgetful\", \"0.1.0\").namespace(\"forgetful\", ChannelOptions::new())\n    }\n}\n",
+    )
+    .expect("write src/lib.rs");
+    let out_dir = work.join("plugins");
+    let output = Command::new(env!("CARGO"))
+        .args(["xtask", "build-plugin"])
+        .arg(&krate)
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo xtask build-plugin");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the build must fail:\n{}",
+        tail(&stderr)
+    );
+    assert!(
+        stderr.contains("export_plugin!(YourPlugin);") && stderr.contains("`authorize-subscribe`"),
+        "the error names the macro and the missing export:\n{}",
+        tail(&stderr)
+    );
+    assert!(
+        !out_dir.join("forgetful.wasm").exists(),
+        "no component is written"
+    );
+    let _ = fs::remove_dir_all(&work);
+}
+
 #[test]
 fn file_blocks_are_found_by_their_info_string() {
     let markdown = "\
