@@ -34,9 +34,17 @@ impl Channel {
         self.name.get(self.colon + 1..).unwrap_or("")
     }
 
-    /// The `:`-separated parts of [`rest`](Self::rest) (`["abc", "chat"]`).
+    /// An iterator over the `:`-separated parts of [`rest`](Self::rest): `abc`, then `chat`
+    /// for `course:abc:chat` (`.segments().collect::<Vec<_>>()` for a list); none if `rest`
+    /// is empty.
     pub fn segments(&self) -> impl Iterator<Item = &str> {
         self.rest().split(':').filter(|_| !self.rest().is_empty())
+    }
+
+    /// The `index`-th part of [`rest`](Self::rest), counted from 0: `Some("chat")` for
+    /// `segment(1)` of `course:abc:chat`, `None` past the last one.
+    pub fn segment(&self, index: usize) -> Option<&str> {
+        self.segments().nth(index)
     }
 }
 
@@ -171,12 +179,17 @@ mod tests {
         let c = Channel::new("course:abc:chat");
         assert_eq!((c.namespace(), c.rest()), ("course", "abc:chat"));
         assert_eq!(c.segments().collect::<Vec<_>>(), ["abc", "chat"]);
+        assert_eq!(
+            (c.segment(0), c.segment(1), c.segment(2)),
+            (Some("abc"), Some("chat"), None)
+        );
         assert_eq!(c, "course:abc:chat");
         assert_eq!(c.to_string(), "course:abc:chat");
 
         let bare = Channel::new("public");
         assert_eq!((bare.namespace(), bare.rest()), ("public", ""));
         assert_eq!(bare.segments().count(), 0);
+        assert_eq!(bare.segment(0), None);
 
         let trailing = Channel::new("public:");
         assert_eq!((trailing.namespace(), trailing.rest()), ("public", ""));
