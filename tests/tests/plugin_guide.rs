@@ -30,6 +30,9 @@ const THREAD: &str = "blubber:thread:6b1f0e2c9a8d4e7f8a9b0c1d2e3f4a5b";
 const OTHER_THREAD: &str = "blubber:thread:0c4b9e7d2f1a4b3c8d9e0f1a2b3c4d5e";
 const ADA: &str = "e7a0a84b161f3e8c09b4a0a2e8a58147";
 const GRACE: &str = "1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f";
+/// Section 7's edit, as the guide writes it.
+const RULE_BEFORE: &str = "\"browsers may only send blubber.typing\"";
+const RULE_AFTER: &str = "\"browsers may only say that they are typing\"";
 
 /// One fenced code block the reader is told to save as `file`.
 #[derive(Debug)]
@@ -390,6 +393,74 @@ async fn the_plugin_guide_works_as_written() {
     let marker = json!({ "type": "blubber.comment.created", "comment_id": "marker" });
     server.publish_ok(THREAD, &marker).await;
     assert_eq!(next_message(&mut ada).await, marker);
+
+    // Section 7: the edit, built into the same directory while both pages stay connected.
+    let guide = fs::read_to_string(workspace_root().join(GUIDE)).expect("read the guide");
+    for literal in [RULE_BEFORE, RULE_AFTER] {
+        assert!(guide.contains(literal), "{GUIDE} no longer shows {literal}");
+    }
+    let krate = work.join("blubber");
+    for file in ["src/lib.rs", "tests/rules.rs"] {
+        let path = krate.join(file);
+        if let Ok(text) = fs::read_to_string(&path) {
+            fs::write(&path, text.replace(RULE_BEFORE, RULE_AFTER)).expect("edit the crate");
+        }
+    }
+    tokio::task::spawn_blocking({
+        let (root, krate, plugins_dir, logs) = (
+            workspace_root(),
+            krate.clone(),
+            plugins_dir.clone(),
+            work.join("logs"),
+        );
+        move || {
+            step(
+                "cargo xtask build-plugin again",
+                Command::new(env!("CARGO"))
+                    .args(["xtask", "build-plugin"])
+                    .arg(&krate)
+                    .arg("--out-dir")
+                    .arg(&plugins_dir)
+                    .current_dir(&root),
+                &logs,
+            )
+        }
+    })
+    .await
+    .expect("the rebuild");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server
+        .log()
+        .lines()
+        .any(|l| l.contains("plugin reloaded") && l.contains(r#"plugin="blubber""#))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no `plugin reloaded` within 20 s:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = grace
+        .request(json!({
+            "type": "publish",
+            "channel": THREAD,
+            "data": { "type": "blubber.comment.created" },
+        }))
+        .await;
+    assert_ws_error(&reply, "forbidden");
+    assert_eq!(
+        reply["message"],
+        RULE_AFTER.trim_matches('"'),
+        "the new rule is live"
+    );
+    let marker = json!({ "type": "blubber.comment.created", "comment_id": "after-reload" });
+    server.publish_ok(THREAD, &marker).await;
+    assert_eq!(
+        next_message(&mut ada).await,
+        marker,
+        "Ada stayed subscribed"
+    );
 
     drop(server);
     // Keep the directory of a failed run for inspection; remove it after success.
