@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::binary::{default_plugins_dir, stellwerk_binary};
+use crate::binary::{default_plugins_dir, stellwerk_binary, workspace_root};
 use crate::sse::SseStream;
 use crate::ws::WsClient;
 use crate::{now_secs, random_hex, tokens};
 
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Only stops a hung start: a broker loading JavaScript plugins compiles megabytes of QuickJS
+/// with Cranelift first (seconds each in a debug build on 2 busy cores).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 const LISTENING: &str = "listening on http://";
 
 /// Everything the child wrote to stdout and stderr, ANSI colours removed.
@@ -41,7 +43,7 @@ impl Default for ServerBuilder {
             env: Vec::new(),
             unset: Vec::new(),
             args: Vec::new(),
-            plugins_dir: default_plugins_dir(),
+            plugins_dir: examples_dir().to_path_buf(),
             open_files: None,
             secrets: None,
         }
@@ -208,8 +210,35 @@ impl ServerBuilder {
 /// The example plugins every default-directory test may rely on: fail, never skip.
 const EXAMPLE_PLUGINS: [&str; 3] = ["public", "course", "user"];
 
+/// The default plugin directory of a test's broker: the Rust example plugins of
+/// `target/plugins`, copied once per test process into `target/e2e-plugins`. Not
+/// `target/plugins` itself, which also holds the JavaScript example `blubber`: every broker
+/// would compile its 1.7 MiB component at start (seconds each); the tests that need it ask
+/// for it (`PluginDir::with(&["blubber"])`).
+pub fn examples_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = workspace_root().join("target").join("e2e-plugins");
+        std::fs::create_dir_all(&dir).expect("create target/e2e-plugins");
+        for plugin in EXAMPLE_PLUGINS {
+            let built = default_plugins_dir().join(format!("{plugin}.wasm"));
+            assert!(
+                built.exists(),
+                "{} is missing: run `cargo xtask build-plugins` first",
+                built.display()
+            );
+            // Copied under a temporary name and renamed: test processes may overlap.
+            let tmp = dir.join(format!(".{plugin}.{}.tmp", std::process::id()));
+            std::fs::copy(&built, &tmp).expect("copy an example plugin");
+            std::fs::rename(&tmp, dir.join(format!("{plugin}.wasm")))
+                .expect("install an example plugin");
+        }
+        dir
+    })
+}
+
 fn require_plugins(dir: &Path) {
-    if dir != default_plugins_dir() {
+    if dir != default_plugins_dir() && dir != examples_dir() {
         return;
     }
     for plugin in EXAMPLE_PLUGINS {

@@ -2,6 +2,7 @@
 //! clients: Stud.IP's messenger threads governed by the per-page `channels` claim.
 
 use serde_json::{json, Value};
+use stellwerk_e2e::plugin_dir::PluginDir;
 use stellwerk_e2e::{assert_ws_error, Server, WsClient};
 
 const THREAD: &str = "blubber:0123456789abcdef0123456789abcdef";
@@ -12,6 +13,21 @@ const GRACE: &str = "1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f";
 /// A page token's claims: exactly the channels the page may subscribe to.
 fn page(channels: &[&str]) -> Value {
     json!({ "channels": channels })
+}
+
+/// A broker serving `blubber` as `cargo xtask build-plugins` built it into `target/plugins`.
+async fn start() -> (PluginDir, Server) {
+    let dir = PluginDir::with(&["blubber"]);
+    let server = Server::builder().plugins_dir(dir.path()).start().await;
+    assert!(
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("plugin loaded") && l.contains(r#"plugin="blubber""#)),
+        "{}",
+        server.log()
+    );
+    (dir, server)
 }
 
 async fn join(server: &Server, sub: &str, claims: Value, channel: &str) -> (WsClient, Value) {
@@ -28,7 +44,7 @@ async fn join(server: &Server, sub: &str, claims: Value, channel: &str) -> (WsCl
 
 #[tokio::test]
 async fn a_token_subscribes_only_to_the_exact_channels_of_its_claim() {
-    let server = Server::start().await;
+    let (_dir, server) = start().await;
     let mut ws = server.ws_as(ADA, page(&[THREAD, "user:x"])).await;
     let ok = ws
         .request(json!({"type": "subscribe", "channel": THREAD}))
@@ -64,7 +80,7 @@ async fn a_token_subscribes_only_to_the_exact_channels_of_its_claim() {
 
 #[tokio::test]
 async fn channels_that_are_no_thread_id_are_refused() {
-    let server = Server::start().await;
+    let (_dir, server) = start().await;
     for channel in [
         "blubber:ABCDEF0123456789abcdef0123456789",
         "blubber:0123456789abcdef",
@@ -84,7 +100,7 @@ async fn channels_that_are_no_thread_id_are_refused() {
 
 #[tokio::test]
 async fn a_client_message_gets_its_author_from_sub_and_its_text_cut_to_5000_characters() {
-    let server = Server::start().await;
+    let (_dir, server) = start().await;
     let (mut ada, subscribed) = join(&server, ADA, page(&[THREAD]), THREAD).await;
     let (mut grace, _) = join(&server, GRACE, page(&[THREAD]), THREAD).await;
 
@@ -115,7 +131,7 @@ async fn a_client_message_gets_its_author_from_sub_and_its_text_cut_to_5000_char
 
 #[tokio::test]
 async fn clients_publish_only_where_their_token_lets_them_subscribe() {
-    let server = Server::start().await;
+    let (_dir, server) = start().await;
     let (mut ada, subscribed) = join(&server, ADA, page(&[THREAD]), THREAD).await;
 
     let elsewhere = ada
@@ -142,7 +158,7 @@ async fn clients_publish_only_where_their_token_lets_them_subscribe() {
 
 #[tokio::test]
 async fn presence_shows_who_reads_the_thread() {
-    let server = Server::start().await;
+    let (_dir, server) = start().await;
     let (mut ada, _) = join(&server, ADA, page(&[THREAD]), THREAD).await;
     let (mut grace, _) = join(&server, GRACE, page(&[THREAD]), THREAD).await;
 
@@ -168,7 +184,7 @@ async fn presence_shows_who_reads_the_thread() {
 
 #[tokio::test]
 async fn history_keeps_the_latest_100_messages() {
-    let server = Server::start().await;
+    let (_dir, server) = start().await;
     for n in 1..=105u64 {
         let result = server.publish_ok(THREAD, &json!({ "n": n })).await;
         assert_eq!(result["offset"], n, "{result}");

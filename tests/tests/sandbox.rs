@@ -208,30 +208,24 @@ async fn one_broker_survives_every_misbehaving_plugin_in_turn() {
     assert_broker_memory_well_below_1_gib(&dir);
 }
 
+/// The misbehaving JavaScript plugins against one broker, one after the other (one broker:
+/// each QuickJS component takes seconds to compile): every fault is contained, refused,
+/// logged with the plugin and the hook, and counted, exactly as for the Rust plugins.
 #[tokio::test]
-async fn js_spin_is_stopped_by_the_cpu_deadline_and_the_broker_carries_on() {
-    let dir = js_plugins_dir();
+async fn javascript_plugins_that_loop_hog_throw_or_lie_are_contained_and_counted() {
+    let dir = PluginDir::with(&[&["public"][..], &MISBEHAVING_JS[..]].concat());
     let server = start_with(&dir, &MISBEHAVING_JS).await;
-    let faults = subscribe_faults(&server, "js-spin").await;
+
+    let spin = subscribe_faults(&server, "js-spin").await;
     assert_fault_logged(&server, "js-spin", "authorize-subscribe", "time limit").await;
-    assert_fault_counts(&server, "js-spin", "authorize-subscribe", faults).await;
-}
+    assert_fault_counts(&server, "js-spin", "authorize-subscribe", spin).await;
 
-#[tokio::test]
-async fn js_hog_is_stopped_by_the_memory_cap_and_the_broker_stays_small() {
-    let dir = js_plugins_dir();
-    let server = start_with(&dir, &MISBEHAVING_JS).await;
-    let faults = subscribe_faults(&server, "js-hog").await;
+    let hog = subscribe_faults(&server, "js-hog").await;
     assert_fault_logged(&server, "js-hog", "authorize-subscribe", "").await;
-    assert_fault_counts(&server, "js-hog", "authorize-subscribe", faults).await;
+    assert_fault_counts(&server, "js-hog", "authorize-subscribe", hog).await;
     assert_broker_memory_well_below_1_gib(&dir);
-}
 
-#[tokio::test]
-async fn js_throw_publishes_are_refused_and_the_exception_is_logged() {
-    let dir = js_plugins_dir();
-    let server = start_with(&dir, &MISBEHAVING_JS).await;
-    let faults = publish_faults(&server, "js-throw").await;
+    let throw = publish_faults(&server, "js-throw").await;
     assert_fault_logged(&server, "js-throw", "on-publish", "").await;
     // The SDK logs the exception with its stack before the trap.
     wait_for_log_line(&server, "the exception of `js-throw`", |line| {
@@ -239,14 +233,9 @@ async fn js_throw_publishes_are_refused_and_the_exception_is_logged() {
             && line.contains("plugin threw in onPublish: Error: onPublish throws on purpose")
     })
     .await;
-    assert_fault_counts(&server, "js-throw", "on-publish", faults).await;
-}
+    assert_fault_counts(&server, "js-throw", "on-publish", throw).await;
 
-#[tokio::test]
-async fn js_liar_filter_answers_that_are_no_delivery_skip_the_delivery() {
-    let dir = js_plugins_dir();
-    let server = start_with(&dir, &MISBEHAVING_JS).await;
-    let (faults, calls) = filter_faults(&server, "js-liar").await;
+    let (liar, calls) = filter_faults(&server, "js-liar").await;
     assert_fault_logged(&server, "js-liar", "filter", "").await;
     wait_for_log_line(&server, "why `js-liar`'s answer was refused", |line| {
         names_plugin(line, "js-liar")
@@ -256,7 +245,7 @@ async fn js_liar_filter_answers_that_are_no_delivery_skip_the_delivery() {
     let metrics = scrape_metrics(&server).await;
     assert_eq!(
         sample(&metrics, &series("faults", "js-liar", "filter")),
-        faults,
+        liar,
         "{metrics}"
     );
     assert_eq!(
@@ -579,11 +568,6 @@ fn broker_pid(plugins_dir: &Path) -> Option<u32> {
 /// A plugin directory of its own for one test: `public` plus every misbehaving plugin.
 fn plugins_dir() -> PluginDir {
     PluginDir::with(&[&["public"][..], &MISBEHAVING[..]].concat())
-}
-
-/// The same with the misbehaving JavaScript plugins instead.
-fn js_plugins_dir() -> PluginDir {
-    PluginDir::with(&[&["public"][..], &MISBEHAVING_JS[..]].concat())
 }
 
 async fn start(dir: &PluginDir) -> Server {

@@ -242,8 +242,8 @@ fn test(root: &Path, extra: &[OsString]) -> Result<()> {
         .run();
     // The JavaScript SDK's and plugins' rules, with `node --test`.
     // (The misbehaving test plugins have no rules worth a suite; the sandbox tests run them.)
-    let javascript = js::plugins_in(&PluginWorkspace::examples(root).dir)
-        .and_then(|dirs| js::test(root, &dirs));
+    let javascript =
+        js::plugins_in(&PluginWorkspace::examples(root).dir).and_then(|dirs| js::test(root, &dirs));
     let workspace = Cmd::new(cargo())
         .args(["test", "--workspace"])
         .args(extra)

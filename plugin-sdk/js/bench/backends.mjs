@@ -6,7 +6,7 @@
 // plugin's.
 //
 //   (cd plugin-sdk/js && npm install --no-save @bytecodealliance/componentize-js@0.23.0)
-//   cargo build --release -p stellwerk && cargo xtask build-plugins
+//   cargo xtask build-plugins
 //   STELLWERK_BIN=target/release/stellwerk node plugin-sdk/js/bench/backends.mjs
 //
 // Loopback only; every loop is bounded (CALLS requests per hook).
@@ -15,7 +15,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { mkdtempSync, copyFileSync, writeFileSync, statSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { bundle, componentize, WIT_DIR, WORLD } from '../src/build.js';
 
 const CALLS = Number(process.env.CALLS ?? 2000);
@@ -41,7 +41,11 @@ async function buildVariants() {
   out.qjs = { bytes: await componentize(source), buildSeconds: 0 };
   out.qjs.buildSeconds = (performance.now() - t) / 1000;
   try {
-    const { componentize: sm } = await import('@bytecodealliance/componentize-js');
+    // COMPONENTIZE_JS: a componentize-js package directory installed elsewhere (optional).
+    const where = process.env.COMPONENTIZE_JS
+      ? pathToFileURL(path.join(process.env.COMPONENTIZE_JS, 'src/componentize.js')).href
+      : '@bytecodealliance/componentize-js';
+    const { componentize: sm } = await import(where);
     t = performance.now();
     const { component } = await sm(source, {
       witPath: WIT_DIR,

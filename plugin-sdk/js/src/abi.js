@@ -1,7 +1,7 @@
 // The component ABI: turns a plugin module (hooks taking parsed requests, answering with
-// decision objects) into the four exports of the WIT world, in the shapes jco's bindings use
-// (records as objects with camelCase fields, variants as `{tag, val}`, enums as strings,
-// `option` as value-or-undefined, u64 as BigInt). Plugin authors never see this module; the
+// decision objects) into the four exports of the WIT world, in the shapes componentize-qjs's
+// bindings use (records as objects with camelCase fields, variants as `{tag, val}`, enums as
+// strings, `option<T>` as the value or `null`, u64 as a number). Plugin authors never see this module; the
 // test harness drives plugins through it, so `node --test` checks what the broker would get.
 //
 // What the host sends that cannot be read (claims or data that are not JSON) is refused: deny,
@@ -168,7 +168,7 @@ function describeToWit(d) {
       options: {
         presence: ns.options.presence,
         historySize: ns.options.historySize,
-        historyTtlSeconds: BigInt(ns.options.historyTtlSeconds),
+        historyTtlSeconds: ns.options.historyTtlSeconds,
         clientPublish: ns.options.clientPublish,
       },
     })),
@@ -187,8 +187,8 @@ function subscribeDecisionToWit(d) {
   return {
     tag: 'allow',
     val: {
-      presenceInfoJson: info === undefined ? undefined : json('authorizeSubscribe', 'presence info', info),
-      audience: d.audience() ?? undefined,
+      presenceInfoJson: info === undefined ? null : json('authorizeSubscribe', 'presence info', info),
+      audience: d.audience() ?? null,
     },
   };
 }
@@ -240,9 +240,8 @@ function shape(value) {
 /** @internal */
 export function subscribeDecisionFromWit(w) {
   if (w.tag === 'deny') return SubscribeDecision.deny(w.val);
-  let d =
-    w.val.audience === undefined ? SubscribeDecision.allow() : SubscribeDecision.allowWithAudience(w.val.audience);
-  if (w.val.presenceInfoJson !== undefined) d = d.withPresence(JSON.parse(w.val.presenceInfoJson));
+  let d = w.val.audience == null ? SubscribeDecision.allow() : SubscribeDecision.allowWithAudience(w.val.audience);
+  if (w.val.presenceInfoJson != null) d = d.withPresence(JSON.parse(w.val.presenceInfoJson));
   return d;
 }
 

@@ -73,7 +73,7 @@ export async function bundle(main) {
     await writeFile(
       entry,
       [
-        `import * as wit from 'stellwerk:plugin/host@1.0.0';`,
+        `import wit from 'stellwerk:plugin/host@1.0.0';`,
         `import { __setHost } from ${url(path.join(here, 'host.js'))};`,
         `import { exportsFor } from ${url(path.join(here, 'abi.js'))};`,
         `import * as plugin from ${url(main)};`,

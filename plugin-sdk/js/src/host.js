@@ -4,7 +4,7 @@
 // (`stellwerk:plugin/host@1.0.0`); under Node.js (`node --test`) they fall back to
 // stderr, the system clock and a configuration that `stellwerk-plugin-sdk/testing` sets.
 
-/** @type {{ log(level: string, message: string): void, nowMs(): bigint | number, configJson(): string }} */
+/** @type {{ log(level: string, message: string): void, nowMs(): number, configJson(): string }} */
 let impl = nativeHost();
 
 /** Used by the component entry that `stellwerk-plugin build` generates; not part of the API. */

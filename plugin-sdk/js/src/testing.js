@@ -80,7 +80,7 @@ export class FilterRequest extends sdk.FilterRequest {
 }
 
 function witIdentity(identity) {
-  return identity ? { user: identity.user, claimsJson: JSON.stringify(identity.claims) } : undefined;
+  return identity ? { user: identity.user, claimsJson: JSON.stringify(identity.claims) } : null;
 }
 
 /**

@@ -59,7 +59,7 @@ test('describe reaches the wire format', () => {
     version: '0.1.0',
     filters: true,
     namespaces: [
-      { name: 'course', options: { presence: true, historySize: 5, historyTtlSeconds: 90n, clientPublish: false } },
+      { name: 'course', options: { presence: true, historySize: 5, historyTtlSeconds: 90, clientPublish: false } },
     ],
   });
   assert.equal(exportsFor(bare).describe().filters, false);
@@ -77,7 +77,7 @@ test('subscribe parses claims and encodes the grant', () => {
   });
   assert.deepEqual(deny, { tag: 'deny', val: 'not a member' });
   const plain = exportsFor(rules).authorizeSubscribe({ channel: 'course:c1', identity: witId('u1', '{"courses":{"c1":"autor"}}') });
-  assert.deepEqual(plain, { tag: 'allow', val: { audience: undefined, presenceInfoJson: undefined } });
+  assert.deepEqual(plain, { tag: 'allow', val: { audience: null, presenceInfoJson: null } });
 });
 
 test('malformed claims or data from the host fail closed, with a log line', () => {
@@ -85,7 +85,7 @@ test('malformed claims or data from the host fail closed, with a log line', () =
   const sub = exportsFor(rules).authorizeSubscribe({ channel: 'course:c1', identity: witId('u1', '{not json') });
   assert.equal(sub.tag, 'deny');
   assert.match(sub.val, /claims that are not JSON/);
-  const pub = exportsFor(rules).onPublish({ channel: 'course:c1', dataJson: '', source: 'http', identity: undefined });
+  const pub = exportsFor(rules).onPublish({ channel: 'course:c1', dataJson: '', source: 'http', identity: null });
   assert.equal(pub.tag, 'deny');
   const filtered = exportsFor(rules).filter({ channel: 'course:c1', dataJson: 'nope', audiences: ['', 'staff', 'x'] });
   assert.deepEqual(filtered, [{ tag: 'skip' }, { tag: 'skip' }, { tag: 'skip' }]);
@@ -120,7 +120,7 @@ test('the defaults fail closed, as the Rust trait does', () => {
   const e = exportsFor(bare);
   const sub = e.authorizeSubscribe({ channel: 'bare:x', identity: witId('u1', '{"perm":"root"}') });
   assert.deepEqual(sub, { tag: 'deny', val: 'this channel does not accept subscriptions' });
-  const publish = (source) => e.onPublish({ channel: 'bare:x', dataJson: '{}', source, identity: undefined });
+  const publish = (source) => e.onPublish({ channel: 'bare:x', dataJson: '{}', source, identity: null });
   assert.deepEqual(publish('http'), { tag: 'allow' });
   assert.deepEqual(publish('client'), { tag: 'deny', val: 'clients may not publish on this channel' });
   assert.deepEqual(e.filter({ channel: 'bare:x', dataJson: '{}', audiences: [''] }), [{ tag: 'original' }]);
@@ -135,13 +135,13 @@ test('answers the broker could not use throw (a fault), naming the hook and the 
     filter: () => undefined,
   };
   const e = exportsFor(broken);
-  assert.throws(() => e.authorizeSubscribe({ channel: 'bare:x', identity: undefined }), /authorizeSubscribe answered a boolean \(true\), not a SubscribeDecision/);
-  assert.throws(() => e.onPublish({ channel: 'bare:x', dataJson: '1', source: 'http', identity: undefined }), /replacement data that is not JSON/);
+  assert.throws(() => e.authorizeSubscribe({ channel: 'bare:x', identity: null }), /authorizeSubscribe answered a boolean \(true\), not a SubscribeDecision/);
+  assert.throws(() => e.onPublish({ channel: 'bare:x', dataJson: '1', source: 'http', identity: null }), /replacement data that is not JSON/);
   assert.throws(() => e.filter({ channel: 'bare:x', dataJson: '1', audiences: [''] }), /filter answered nothing \(a missing `return`\?\)/);
   assert.throws(() => exportsFor({ describe: () => ({ name: 'x' }) }).describe(), /not a Description/);
 
   const thrower = { describe: bare.describe, authorizeSubscribe: () => { throw new Error('boom'); } };
-  assert.throws(() => exportsFor(thrower).authorizeSubscribe({ channel: 'bare:x', identity: undefined }), /boom/);
+  assert.throws(() => exportsFor(thrower).authorizeSubscribe({ channel: 'bare:x', identity: null }), /boom/);
   const logs = testing.takeLogs();
   assert.ok(logs.some(([level, line]) => level === 'error' && line.startsWith('plugin threw in authorizeSubscribe: Error: boom')), JSON.stringify(logs));
 });

@@ -1,13 +1,13 @@
-// The WIT world `stellwerk:plugin/channel-plugin@1.0.0` (`plugin-sdk/wit/plugin.wit`) as jco's
-// JavaScript bindings see it: records are objects with camelCase fields, variants are
-// `{ tag, val }`, enums are strings, `option<T>` is `T | undefined`, u64 is `bigint`.
+// The WIT world `stellwerk:plugin/channel-plugin@1.0.0` (`plugin-sdk/wit/plugin.wit`) as
+// componentize-qjs's bindings see it: records are objects with camelCase fields, variants are
+// `{ tag, val }`, enums are strings, `option<T>` is `T | null`, u64 is a `number`.
 // Checked against plugin.wit by test/types.test.js: every record, field, variant case and
 // enum case of the WIT appears here.
 
 export interface ChannelOptions {
   presence: boolean;
   historySize: number;
-  historyTtlSeconds: bigint;
+  historyTtlSeconds: number;
   clientPublish: boolean;
 }
 export interface Namespace {
@@ -26,11 +26,11 @@ export interface Identity {
 }
 export interface SubscribeRequest {
   channel: string;
-  identity: Identity | undefined;
+  identity: Identity | null;
 }
 export interface SubscriptionGrant {
-  presenceInfoJson: string | undefined;
-  audience: string | undefined;
+  presenceInfoJson: string | null;
+  audience: string | null;
 }
 export type SubscribeDecision =
   | { tag: 'allow'; val: SubscriptionGrant }
@@ -40,7 +40,7 @@ export interface PublishRequest {
   channel: string;
   dataJson: string;
   source: PublishSource;
-  identity: Identity | undefined;
+  identity: Identity | null;
 }
 export type PublishDecision =
   | { tag: 'allow' }
@@ -53,11 +53,11 @@ export interface FilterRequest {
 }
 export type Delivery = { tag: 'skip' } | { tag: 'original' } | { tag: 'replace'; val: string };
 
-/** `import … from 'stellwerk:plugin/host@1.0.0'` */
+/** `import host from 'stellwerk:plugin/host@1.0.0'` (the default export) */
 export type Level = 'trace' | 'debug' | 'info' | 'warn' | 'error';
 export interface Host {
   log(level: Level, message: string): void;
-  nowMs(): bigint;
+  nowMs(): number;
   configJson(): string;
 }
 
