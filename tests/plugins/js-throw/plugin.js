@@ -3,7 +3,7 @@
 import { ChannelOptions, Description, SubscribeDecision } from 'stellwerk-plugin-sdk';
 
 export function describe() {
-  return new Description('js-throw', '0.1.0').namespace('js-throw', new ChannelOptions());
+  return new Description('js-throw', '0.1.0').namespace('js-throw', new ChannelOptions().withClientPublish());
 }
 
 export function authorizeSubscribe() {
