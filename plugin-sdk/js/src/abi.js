@@ -111,7 +111,13 @@ function guarded(hook, run) {
   try {
     return run();
   } catch (e) {
-    const detail = e instanceof Error ? e.stack || `${e.name}: ${e.message}` : String(e);
+    // V8's stack starts with "Name: message", QuickJS's with the first frame.
+    let detail = String(e);
+    if (e instanceof Error) {
+      const head = `${e.name}: ${e.message}`;
+      const stack = e.stack ?? '';
+      detail = stack.startsWith(head) ? stack : `${head}\n${stack}`;
+    }
     host.error(`plugin threw in ${hook}: ${detail}`);
     throw e;
   }
