@@ -118,7 +118,8 @@ function guarded(hook, run) {
       const stack = e.stack ?? '';
       detail = stack.startsWith(head) ? stack : `${head}\n${stack}`;
     }
-    host.error(`plugin threw in ${hook}: ${detail}`);
+    // One log line: the broker's log keeps fields (the plugin's name) at the end of the line.
+    host.error(`plugin threw in ${hook}: ${detail.trim().replace(/\s*\n\s*/g, ' | ')}`);
     throw e;
   }
 }
