@@ -64,7 +64,8 @@ async function serve(dir) {
   const started = performance.now();
   const child = spawn(bin, ['serve'], {
     env: {
-      ...process.env,
+      // The broker refuses unknown STELLWERK_* variables (STELLWERK_BIN is ours).
+      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('STELLWERK_'))),
       STELLWERK_LISTEN: '127.0.0.1:0',
       STELLWERK_PLUGINS_DIR: dir,
       STELLWERK_JWT_SECRET: secret,
