@@ -27,9 +27,11 @@ const SUITES: &[Suite] = &[Suite {
 
 /// Runs every client suite; fails listing the suites that failed.
 pub(crate) fn test(root: &Path) -> Result<()> {
-    // The binary the suites start (a no-op after `cargo test`, which built it).
+    // The binary the suites start. The same selection and features as `cargo test
+    // --workspace` (and the e2e harness, `tests/src/binary.rs`), so after it this is a no-op;
+    // `-p stellwerk` alone would unify features differently and rebuild the broker.
     Cmd::new(cargo())
-        .args(["build", "-p", "stellwerk"])
+        .args(["build", "--workspace", "--bins", "--tests"])
         .current_dir(root)
         .run()?;
     let broker = root.join("target/debug/stellwerk");
