@@ -343,9 +343,12 @@ export class Stellwerk {
         const token = await this.o.getToken!();
         if (gen !== this.gen) return;
         const r = await this.send('refresh', { token });
+        const before = this.expiresAt!;
         this.token = token;
         this.expiresAt = r.expires_at as number;
-        this.scheduleRefresh();
+        // A token that ends no later than the last one: getToken has nothing newer; the
+        // connection ends at expiry (4004) and comes back with a token fetched then.
+        if (this.expiresAt > before) this.scheduleRefresh();
       } catch (e) {
         // The connection ends at expiry (4004) and comes back with a new token.
         if (gen === this.gen) this.emit('error', { code: (e as StellwerkError).code ?? 'token', message: `token refresh failed: ${String(e)}` });

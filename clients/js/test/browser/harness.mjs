@@ -129,7 +129,7 @@ export async function startPageServer() {
   const server = createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
     const send = (status, type, body) => {
-      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
+      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-cache' });
       res.end(body);
     };
     if (url.pathname === '/token' || url.pathname === '/stellwerk/token') {
@@ -202,7 +202,8 @@ window.start = (url, user, channels, opts = {}) => {
 }
 
 export async function launch() {
-  return chromium.launch({ executablePath: CHROMIUM, args: ['--disable-dev-shm-usage'] });
+  // Playwright turns the back/forward cache off by default; the bfcache test needs it.
+  return chromium.launch({ executablePath: CHROMIUM, ignoreDefaultArgs: ['--disable-back-forward-cache'] });
 }
 
 /** Waits (bounded) until `page.evaluate(fn, arg)` is truthy, and returns it. */
