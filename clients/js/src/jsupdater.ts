@@ -13,6 +13,7 @@
 import { Stellwerk } from './client.js';
 import { safely } from './safely.js';
 import type { Subscription } from './subscription.js';
+import type { StellwerkOptions } from './types.js';
 
 type Callback = (data: unknown) => void;
 
@@ -26,11 +27,10 @@ export interface JSUpdater {
   processUpdate?(json: Record<string, unknown>): void;
 }
 
-export interface BridgeOptions {
+/** Options of the bridge; those of {@link StellwerkOptions} (`token`, `getToken`, …) go to the client it makes. */
+export interface BridgeOptions extends StellwerkOptions {
   /** The broker's WebSocket URL, e.g. `wss://stellwerk.example.org/ws`. */
   url?: string;
-  token?: string;
-  getToken?: () => Promise<string>;
   /** Use this client instead of making one (it is connected by the bridge if not yet). */
   client?: Stellwerk;
   /** The Stud.IP user id: the bridge subscribes `user:<id>`. */
@@ -63,7 +63,7 @@ export function installJSUpdaterBridge(options: BridgeOptions): Bridge {
   const handlers: Record<string, Callback> = {};
   let wanted = options.active ?? true;
   let polling = wanted;
-  const client = options.client ?? new Stellwerk(options.url!, { token: options.token, getToken: options.getToken });
+  const client = options.client ?? new Stellwerk(options.url!, options);
 
   const sync = () => {
     const should = wanted && (options.poll === 'always' || client.state !== 'connected');
@@ -78,8 +78,8 @@ export function installJSUpdaterBridge(options: BridgeOptions): Bridge {
     else if (original.processUpdate) safely(original.processUpdate.bind(original), { [index]: data });
   };
 
-  studip.JSUpdater = {
-    ...original,
+  // Everything else (Stud.IP's own helpers and state) is read through from the original.
+  studip.JSUpdater = Object.assign(Object.create(original) as JSUpdater, {
     start() {
       wanted = true;
       sync();
@@ -88,15 +88,15 @@ export function installJSUpdaterBridge(options: BridgeOptions): Bridge {
       wanted = false;
       sync();
     },
-    register(index, callback, data = null, interval = 0) {
+    register(index: string, callback: Callback, data: unknown = null, interval = 0) {
       handlers[index] = callback;
       original.register(index, callback, data, interval);
     },
-    unregister(index) {
+    unregister(index: string) {
       delete handlers[index];
       original.unregister(index);
     },
-  };
+  });
 
   const channels = [
     ...(options.user ? [`user:${options.user}`] : []),
