@@ -6,9 +6,10 @@ import { StellwerkError } from './types.js';
 
 type Reply = Record<string, unknown>;
 type Listener<K extends keyof StellwerkEvents> = (event: StellwerkEvents[K]) => void;
+/** Called synchronously with the reply, so that pushes behind it in a batch come after it. */
+type Done = (error: StellwerkError | undefined, reply: Reply) => void;
 interface Pending {
-  resolve(reply: Reply): void;
-  reject(error: StellwerkError): void;
+  done: Done;
   timer: ReturnType<typeof setTimeout>;
 }
 
@@ -126,10 +127,10 @@ export class Stellwerk {
   // ---- used by Subscription -------------------------------------------------------------
 
   /** @internal sends a command and resolves with its reply (rejects on an `error` reply). */
-  _call(type: string, fields: Reply, now = false): Promise<Reply> {
+  _call(type: string, fields: Reply): Promise<Reply> {
     if (this.transport === 'sse' && this.state === 'connected')
       return Promise.reject(new StellwerkError('unsupported', `${type} needs a WebSocket; this client is on SSE`));
-    if (!now && !this._connected()) {
+    if (!this._connected()) {
       if (!this.want) return Promise.reject(new StellwerkError('disconnected', 'not connected'));
       return new Promise<boolean>((resolve) => {
         const timer = setTimeout(() => done(false), this.timeout());
@@ -249,10 +250,12 @@ export class Stellwerk {
       this.wsFailures = 0;
       const fields: Reply = { batch: this.o.batch ?? true };
       if (this.token !== undefined) fields.token = this.token;
-      this.send('connect', fields).then(
-        (r) => gen === this.gen && this.connected(r, 'websocket'),
-        (e: StellwerkError) => e.code === 'timeout' && gen === this.gen && this.lost(1006, 'no reply to connect'),
-      );
+      this._command('connect', fields, (e, r) => {
+        if (gen !== this.gen) return;
+        if (!e) this.connected(r, 'websocket');
+        else if (e.code === 'timeout') this.lost(1006, 'no reply to connect');
+        // An `unauthorized` or `rate_limited` reply is followed by the close (4001, 4009).
+      });
     };
     ws.onmessage = (e) => {
       for (const line of String(e.data).split('\n')) if (line) this.handle(JSON.parse(line) as Reply);
@@ -343,6 +346,7 @@ export class Stellwerk {
         const token = await this.o.getToken!();
         if (gen !== this.gen) return;
         const r = await this.send('refresh', { token });
+        if (gen !== this.gen) return;
         const before = this.expiresAt!;
         this.token = token;
         this.expiresAt = r.expires_at as number;
@@ -356,18 +360,21 @@ export class Stellwerk {
     }, Math.min(delay, 2 ** 31 - 1));
   }
 
-  private send(type: string, fields: Reply): Promise<Reply> {
+  /** @internal sends a command on the live WebSocket; `done` gets the reply or the error. */
+  _command(type: string, fields: Reply, done: Done): void {
     const ws = this.ws;
-    if (!ws || ws.readyState !== 1) return Promise.reject(new StellwerkError('disconnected', 'not connected'));
+    if (!ws || ws.readyState !== 1) return done(new StellwerkError('disconnected', 'not connected'), {});
     const id = this.nextId++;
-    return new Promise<Reply>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new StellwerkError('timeout', `no reply to ${type}`));
-      }, this.timeout());
-      this.pending.set(id, { resolve, reject, timer });
-      ws.send(JSON.stringify({ id, type, ...fields }));
-    });
+    const timer = setTimeout(() => {
+      this.pending.delete(id);
+      done(new StellwerkError('timeout', `no reply to ${type}`), {});
+    }, this.timeout());
+    this.pending.set(id, { done, timer });
+    ws.send(JSON.stringify({ id, type, ...fields }));
+  }
+
+  private send(type: string, fields: Reply): Promise<Reply> {
+    return new Promise<Reply>((resolve, reject) => this._command(type, fields, (e, r) => (e ? reject(e) : resolve(r))));
   }
 
   /** A frame from the broker: a reply (with `id`) or a push. */
@@ -377,8 +384,7 @@ export class Stellwerk {
       if (!p) return;
       this.pending.delete(m.id);
       clearTimeout(p.timer);
-      if (m.type === 'error') p.reject(new StellwerkError(m.code as string, m.message as string));
-      else p.resolve(m);
+      p.done(m.type === 'error' ? new StellwerkError(m.code as string, m.message as string) : undefined, m);
       return;
     }
     const sub = this.subs.get(m.channel as string);
@@ -414,11 +420,12 @@ export class Stellwerk {
     }
     this.es?.close();
     this.es = undefined;
-    for (const p of this.pending.values()) {
-      clearTimeout(p.timer);
-      p.reject(new StellwerkError('disconnected', 'connection lost'));
-    }
+    const pending = [...this.pending.values()];
     this.pending.clear();
+    for (const p of pending) {
+      clearTimeout(p.timer);
+      p.done(new StellwerkError('disconnected', 'connection lost'), {});
+    }
     for (const sub of this.subs.values()) sub._lost();
   }
 

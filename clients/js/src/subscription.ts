@@ -67,22 +67,19 @@ export class Subscription {
     if (this.state === 'unsubscribed') return;
     this.state = 'subscribing';
     const recover = this.opts.recover === false ? undefined : this.position.recover();
-    this.client
-      ._call('subscribe', recover ? { channel: this.channel, recover } : { channel: this.channel }, true)
-      .then(
-        (r) => this._subscribed(r.epoch as string, r.offset as number, r.recovered as boolean | undefined),
-        (e: StellwerkError) => {
-          if (this.state === 'unsubscribed' || e.code === 'disconnected') return;
-          if (FINAL.includes(e.code)) {
-            this.end(e.message);
-            this.client._forget(this);
-            safely(this.opts.onError, e);
-          } else {
-            // rate_limited, unavailable, internal, timeout: try again later on this connection.
-            this.retryTimer = setTimeout(() => this.client._connected() && this._subscribe(), this.client._delay(this.retries++));
-          }
-        },
-      );
+    // The reply is taken synchronously: the replayed messages follow it in the same batch.
+    this.client._command('subscribe', recover ? { channel: this.channel, recover } : { channel: this.channel }, (e, r) => {
+      if (!e) return this._subscribed(r.epoch as string, r.offset as number, r.recovered as boolean | undefined);
+      if (this.state === 'unsubscribed' || e.code === 'disconnected') return;
+      if (FINAL.includes(e.code)) {
+        this.end(e.message);
+        this.client._forget(this);
+        safely(this.opts.onError, e);
+      } else {
+        // rate_limited, unavailable, internal, timeout: try again later on this connection.
+        this.retryTimer = setTimeout(() => this.client._connected() && this._subscribe(), this.client._delay(this.retries++));
+      }
+    });
   }
 
   /** @internal the subscription is live (WebSocket reply or SSE `subscribed` event). */
