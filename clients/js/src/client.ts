@@ -190,10 +190,10 @@ export class Stellwerk {
     for (const fn of (this.listeners[event] ?? []) as Array<Listener<K>>) safely(fn, payload);
   }
 
-  private setState(state: State, payload: StellwerkEvents['connecting'] | StellwerkEvents['connected']): void {
+  private setState(state: 'connecting', payload: StellwerkEvents['connecting']): void {
     if (this.state === state) return;
     this.state = state;
-    this.emit(state as 'connecting', payload as StellwerkEvents['connecting']);
+    this.emit(state, payload);
   }
 
   private timeout(): number {
@@ -320,7 +320,8 @@ export class Stellwerk {
     this.attempts = 0;
     this.authRetried = false;
     this.expiresAt = r.expires_at as number | undefined;
-    this.setState('connected', { client: r.client as string | undefined, user: r.user as string | undefined, transport });
+    const was = this.state;
+    this.state = 'connected';
     if (transport === 'websocket') {
       this.scheduleRefresh();
       const every = this.o.pingInterval ?? 25000;
@@ -329,9 +330,11 @@ export class Stellwerk {
           () => this.send('ping', {}).catch((e: StellwerkError) => e.code === 'timeout' && this.lost(1006, 'no reply to ping')),
           every,
         );
-      for (const sub of this.subs.values()) sub._subscribe();
+      for (const sub of [...this.subs.values()]) sub._subscribe();
     }
     for (const w of this.waiting.slice()) w(true);
+    // Last, so that what a listener subscribes is not subscribed twice.
+    if (was !== 'connected') this.emit('connected', { client: r.client as string | undefined, user: r.user as string | undefined, transport });
   }
 
   private scheduleRefresh(): void {

@@ -24,6 +24,8 @@ export class Subscription {
   readonly opts: SubscriptionOptions;
   private readonly client: Stellwerk;
   private retries = 0;
+  /** A `subscribe` is on its way (its reply, or the connection's end, clears it). */
+  private asking = false;
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   /** @internal a resubscribe that follows a gap (onUnrecovered when it is not recovered) */
   resumed = false;
@@ -64,11 +66,13 @@ export class Subscription {
   /** @internal sends `subscribe` (with `recover` where there is a position) on a live WebSocket. */
   _subscribe(): void {
     clearTimeout(this.retryTimer);
-    if (this.state === 'unsubscribed') return;
+    if (this.state === 'unsubscribed' || this.asking) return;
     this.state = 'subscribing';
+    this.asking = true;
     const recover = this.opts.recover === false ? undefined : this.position.recover();
     // The reply is taken synchronously: the replayed messages follow it in the same batch.
     this.client._command('subscribe', recover ? { channel: this.channel, recover } : { channel: this.channel }, (e, r) => {
+      this.asking = false;
       if (!e) return this._subscribed(r.epoch as string, r.offset as number, r.recovered as boolean | undefined);
       if (this.state === 'unsubscribed' || e.code === 'disconnected') return;
       if (FINAL.includes(e.code)) {

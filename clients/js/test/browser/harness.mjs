@@ -151,6 +151,7 @@ export async function startPageServer() {
     }
     for (const [prefix, dir] of [
       ['/dist/', join(pkg, 'dist')],
+      ['/js/dist/', join(pkg, 'dist')], // what clients/demo/index.html loads, relative to itself
       ['/demo/', join(repo, 'clients/demo')],
     ]) {
       if (url.pathname.startsWith(prefix)) {

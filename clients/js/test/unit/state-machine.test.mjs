@@ -280,3 +280,18 @@ test('without a WebSocket the client uses one EventSource for all channels, with
   assert.equal(url.searchParams.get('token'), 't');
   sw.disconnect();
 });
+
+test('a subscribe made in a `connected` listener is sent once', async () => {
+  const c = client();
+  c.sw.subscribe('public:a');
+  c.sw.on('connected', ({ user }) => c.sw.subscribe(`user:${user}`));
+  c.sw.connect();
+  await c.accept();
+  await until(() => c.last().sent.filter((s) => s.type === 'subscribe').length === 2);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(
+    c.last().sent.filter((s) => s.type === 'subscribe').map((s) => s.channel),
+    ['public:a', 'user:u1'],
+  );
+  c.sw.disconnect();
+});
