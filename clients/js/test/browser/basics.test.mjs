@@ -139,6 +139,8 @@ test('the three-line example of docs/clients.md runs as written', async () => {
   assert.ok(example, 'docs/clients.md has a ```js block after <!-- example:browser -->');
   const code = example[1].trim();
   assert.equal(code.split('\n').length, 3, 'three lines');
+  const readme = readFileSync(join(repo, 'clients/js/README.md'), 'utf8');
+  assert.ok(readme.includes(code), 'clients/js/README.md shows the same three lines');
   const course = studipId();
   const user = member(course);
   w.pages.state.defaultUser = user; // what /stellwerk/token answers: the logged-in user
