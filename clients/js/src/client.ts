@@ -216,7 +216,11 @@ export class Stellwerk {
     this.serverClose = undefined;
     if ((this.needToken || this.token === undefined) && this.o.getToken) {
       try {
-        this.token = await this.o.getToken();
+        const getToken = this.o.getToken;
+        this.token = await new Promise<string>((resolve, reject) => {
+          setTimeout(() => reject(new Error('no token in time')), this.timeout());
+          getToken().then(resolve, reject);
+        });
         this.needToken = false;
       } catch (e) {
         if (gen !== this.gen) return;
