@@ -314,10 +314,31 @@ export class Stellwerk {
     es.onerror = () => {
       if (this.es !== es) return;
       // Take reconnecting over from EventSource: backoff, a fresh token, the cursor in the URL.
-      if (!opened && this.o.getToken) this.needToken = true;
-      if (!opened && !this.wsOpened) this.wsFailures = 0; // give the WebSocket another chance
+      if (!opened) {
+        if (this.o.getToken) this.needToken = true;
+        if (!this.wsOpened) this.wsFailures = 0; // give the WebSocket another chance
+        this.diagnose(es.url);
+      }
       this.lost(1006, 'event stream failed');
     };
+  }
+
+  /**
+   * EventSource hides why a stream was refused; the broker says it in a JSON body (401, 403
+   * for a channel the plugin denies, 404, 429, 503). Ask once more to report it as `error`.
+   */
+  private diagnose(url: string): void {
+    if (typeof fetch !== 'function') return;
+    const ctl = new AbortController();
+    fetch(url, { signal: ctl.signal })
+      .then(async (r) => {
+        if (!r.ok) {
+          const body = (await r.json().catch(() => ({}))) as { error?: { code?: string; message?: string } };
+          this.emit('error', { code: body.error?.code ?? r.status, message: body.error?.message ?? `HTTP ${r.status}` });
+        }
+      })
+      .catch(() => undefined)
+      .finally(() => ctl.abort());
   }
 
   private connected(r: Reply, transport: TransportName): void {

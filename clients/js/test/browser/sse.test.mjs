@@ -116,3 +116,21 @@ test('SSE: the stream ends at token expiry (4004) and comes back with a new toke
   assert.equal((await logged(page, 'unrecovered')).length, 0);
   assert.equal((await logged(page, 'disconnected')).length, 0);
 });
+
+test('SSE: a stream the broker refuses is reported as an error event with the broker code', async (t) => {
+  const context = await w.browser.newContext();
+  t.after(() => context.close());
+  const course = studipId();
+  const page = await context.newPage();
+  await page.goto(`${w.pages.origin}/page/blocked`);
+  // A member of `course` asks for another course's channel: the plugin denies, 403 before the stream.
+  await page.evaluate(([url, user, channels]) => window.start(url, user, channels), [
+    w.broker.ws,
+    member(course),
+    [`course:${studipId()}:news`],
+  ]);
+  await until(page, () => log.some((e) => e.kind === 'error' && e.value.code === 'forbidden'), undefined, 'error event');
+  const [error] = (await logged(page, 'error')).filter((e) => e.code === 'forbidden');
+  assert.ok(error.message.length > 0);
+  assert.equal(await page.evaluate(() => sw.state), 'connecting', 'it keeps trying (the token may change)');
+});
