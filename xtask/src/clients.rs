@@ -18,12 +18,22 @@ struct Suite {
     commands: &'static [&'static [&'static str]],
 }
 
-const SUITES: &[Suite] = &[Suite {
-    name: "PHP client and Stud.IP plugin",
-    dir: "clients/php",
-    needs: &[("php", "php-cli php-curl"), ("phpunit", "phpunit")],
-    commands: &[&["phpunit"]],
-}];
+const SUITES: &[Suite] = &[
+    Suite {
+        name: "PHP client and Stud.IP plugin",
+        dir: "clients/php",
+        needs: &[("php", "php-cli php-curl"), ("phpunit", "phpunit")],
+        commands: &[&["phpunit"]],
+    },
+    Suite {
+        name: "browser client and JSUpdater bridge",
+        dir: "clients/js",
+        needs: &[("node", "nodejs"), ("npm", "npm"), ("chromium", "chromium")],
+        // Dev dependencies exactly as the lockfile pins them; the build checks the size
+        // budget; the tests drive Debian's Chromium through playwright-core.
+        commands: &[&["npm", "ci"], &["npm", "run", "build"], &["npm", "test"]],
+    },
+];
 
 /// Runs every client suite; fails listing the suites that failed.
 pub(crate) fn test(root: &Path) -> Result<()> {

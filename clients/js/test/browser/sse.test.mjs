@@ -96,7 +96,11 @@ test('SSE: a network drop is resumed with the cursor; a channel added later join
   await w.broker.publish(files, { n: 4 });
   await w.broker.publish(news, { n: 5 });
   await until(page, () => log.filter((e) => e.kind === 'message').length >= 5, undefined, 'both channels');
-  assert.deepEqual(await dataOf(page), [1, 2, 3, 4, 5]);
+  // Order holds within a channel; across channels the broker promises none (the course
+  // plugin's `filter` runs per channel on its own lane).
+  const data = await dataOf(page);
+  assert.deepEqual(data.slice(0, 3), [1, 2, 3]);
+  assert.deepEqual([...data.slice(3)].sort((a, b) => a - b), [4, 5]);
 });
 
 test('SSE: the stream ends at token expiry (4004) and comes back with a new token and the cursor', async (t) => {
