@@ -49,9 +49,20 @@ impl Broker {
         label: &str,
         queue_capacity: usize,
     ) -> Result<Server> {
+        self.start_with(setup, label, queue_capacity, &[]).await
+    }
+
+    /// [`Self::start`] with more environment for Stellwerk (its engine, for example).
+    pub(crate) async fn start_with(
+        self,
+        setup: &ServerSetup,
+        label: &str,
+        queue_capacity: usize,
+        env: &[(String, String)],
+    ) -> Result<Server> {
         match self {
             Broker::Stellwerk | Broker::StellwerkSse => {
-                servers::start_stellwerk(setup, label, queue_capacity).await
+                servers::start_stellwerk(setup, label, queue_capacity, env).await
             }
             Broker::Nats => servers::start_nats(setup, label).await,
         }
@@ -211,6 +222,20 @@ pub(crate) struct Published {
 }
 
 impl Published {
+    /// Several publishers' reports as one.
+    pub(crate) fn sum(reports: Vec<Published>) -> Published {
+        let mut total = Published::default();
+        for report in reports {
+            total.ok += report.ok;
+            total.errors += report.errors;
+            if total.first_error.is_none() {
+                total.first_error = report.first_error;
+            }
+            total.timed_out |= report.timed_out;
+        }
+        total
+    }
+
     /// Gives up after this many failures in a row: the server is not accepting publishes.
     const GIVE_UP_AFTER: u32 = 20;
 
@@ -453,11 +478,24 @@ async fn read_sse_until_stopped(
 }
 
 /// Outcome of opening many subscribers.
+#[derive(Default)]
 pub(crate) struct Opened {
     pub(crate) connections: Vec<Connection>,
     pub(crate) failed: usize,
     pub(crate) first_error: Option<String>,
     pub(crate) timed_out: bool,
+}
+
+impl Opened {
+    /// Adds what another [`open_many`] opened (on another node).
+    pub(crate) fn merge(&mut self, other: Opened) {
+        self.connections.extend(other.connections);
+        self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.timed_out |= other.timed_out;
+    }
 }
 
 /// Opens `count` subscribers, `concurrency` handshakes at a time, until `deadline`.

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::clients::{self, Broker, Claims};
 use crate::payload::{self, Percentiles};
 use crate::procfs;
-use crate::servers::ServerSetup;
+use crate::servers::{self, Server, ServerSetup};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Params {
@@ -36,6 +36,30 @@ pub(crate) struct Params {
     /// Read this plugin's `filter` hook figures from Stellwerk's `GET /metrics` before and
     /// after publishing.
     pub(crate) filter_metrics_of: Option<String>,
+    /// Stellwerk only: how many nodes, and on which engine.
+    pub(crate) topology: Topology,
+}
+
+/// The brokers of one run: one node on the memory engine, or `nodes` on one Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Topology {
+    pub(crate) nodes: usize,
+    pub(crate) redis: bool,
+}
+
+impl Topology {
+    pub(crate) const SINGLE: Topology = Topology {
+        nodes: 1,
+        redis: false,
+    };
+
+    pub(crate) fn name(self) -> String {
+        if self.redis {
+            format!("redis x{}", self.nodes)
+        } else {
+            "memory".into()
+        }
+    }
 }
 
 /// A plugin hook's calls during the publishing phase, from `/metrics`.
@@ -80,6 +104,9 @@ pub(crate) struct Outcome {
     pub(crate) groups: usize,
     /// The `filter` hook's calls while publishing, if asked for and readable.
     pub(crate) filter_hook: Option<HookCost>,
+    pub(crate) topology: Topology,
+    /// Redis's share of `server_cpu_s` (0 without Redis).
+    pub(crate) redis_cpu_s: f64,
 }
 
 impl Outcome {
@@ -99,32 +126,68 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
         if p.batch { "batch" } else { "nobatch" },
         p.rate.map_or("unpaced".to_string(), |r| format!("{r}"))
     );
-    // Queue long enough for the whole run: a cut-off would measure the queue, not the broker.
-    let server = broker.start(setup, &label, p.messages + 1024).await?;
-    let pid = server.pid();
-    let addr = server.ws_addr;
+    let topology = p.topology;
+    let label = match topology.redis {
+        true => format!("{label}-redis{}", topology.nodes),
+        false => label,
+    };
+    let redis = match topology.redis {
+        true => Some(servers::start_redis(setup, &label).await?),
+        false => None,
+    };
+    let engine_env: Vec<(String, String)> = match &redis {
+        Some(redis) => vec![
+            ("STELLWERK_ENGINE_KIND".into(), "redis".into()),
+            ("STELLWERK_ENGINE_REDIS_URL".into(), redis.redis_url()),
+        ],
+        None => vec![],
+    };
+    let mut nodes = Vec::with_capacity(topology.nodes);
+    for node in 0..topology.nodes.max(1) {
+        // Queue long enough for the whole run: a cut-off would measure the queue, not the
+        // broker.
+        let label = format!("{label}-node{node}");
+        nodes.push(
+            broker
+                .start_with(setup, &label, p.messages + 1024, &engine_env)
+                .await?,
+        );
+    }
+    let pids: Vec<u32> = nodes
+        .iter()
+        .chain(redis.as_ref())
+        .map(Server::pid)
+        .collect();
+    let redis_pid = redis.as_ref().map(Server::pid);
 
-    let opened = clients::open_many(
-        broker,
-        addr,
-        p.subscribers,
-        p.connect_concurrency,
-        clients::SubscribeAs {
-            channel: &p.channel,
-            batch: p.batch,
-            read_buffer: p.read_buffer,
-            claims: &p.claims,
-        },
-        deadline,
-    )
-    .await;
+    // Subscribers spread evenly over the nodes, as a load balancer would.
+    let mut opened = clients::Opened::default();
+    for (i, node) in nodes.iter().enumerate() {
+        let share = p.subscribers / nodes.len() + usize::from(i < p.subscribers % nodes.len());
+        let more = clients::open_many(
+            broker,
+            node.ws_addr,
+            share,
+            p.connect_concurrency,
+            clients::SubscribeAs {
+                channel: &p.channel,
+                batch: p.batch,
+                read_buffer: p.read_buffer,
+                claims: &p.claims,
+            },
+            deadline,
+        )
+        .await;
+        opened.merge(more);
+    }
     if opened.connections.is_empty() {
-        server.stop().await;
+        stop_all(nodes, redis).await;
         bail!(
             "no subscriber could connect: {}",
             opened.first_error.unwrap_or_default()
         );
     }
+    let addr = nodes[0].ws_addr;
     let subscribers = opened.connections.len();
     let delivered = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -140,21 +203,39 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
             ))
         })
         .collect();
-    let mut publisher = broker
-        .publisher(addr, &p.channel, p.http_concurrency)
-        .await?;
+    // One publisher per node, each with its share of the messages and of the rate: PHP
+    // publishes through the load balancer too.
+    let mut publishers = Vec::with_capacity(nodes.len());
+    for node in &nodes {
+        publishers.push(
+            broker
+                .publisher(
+                    node.ws_addr,
+                    &p.channel,
+                    (p.http_concurrency / nodes.len()).max(1),
+                )
+                .await?,
+        );
+    }
 
     let hook_before = match &p.filter_metrics_of {
         Some(plugin) => filter_hook(addr, plugin).await,
         None => None,
     };
-    let cpu_before = procfs::cpu_seconds(pid)?;
+    let cpu_before = cpu_seconds(&pids)?;
+    let redis_before = cpu_seconds(redis_pid.as_slice())?;
     let gen_before = procfs::own_cpu_seconds()?;
     let t0 = payload::now_nanos();
     let start = Instant::now();
-    let report = publisher
-        .run(p.messages as u64, p.rate, p.size, deadline)
+    let shares = publishers.len();
+    let reports =
+        futures_util::future::join_all(publishers.iter_mut().enumerate().map(|(i, publisher)| {
+            let share = p.messages / shares + usize::from(i < p.messages % shares);
+            let rate = p.rate.map(|r| r / shares as f64);
+            publisher.run(share as u64, rate, p.size, deadline)
+        }))
         .await;
+    let report = clients::Published::sum(reports);
     let mut timed_out = opened.timed_out || report.timed_out;
     let published = report.ok;
     let publish_s = start.elapsed().as_secs_f64();
@@ -179,9 +260,13 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let server_cpu_s = procfs::cpu_seconds(pid)? - cpu_before;
+    let server_cpu_s = cpu_seconds(&pids)? - cpu_before;
+    let redis_cpu_s = cpu_seconds(redis_pid.as_slice())? - redis_before;
     let generator_cpu_s = procfs::own_cpu_seconds()? - gen_before;
-    let server_rss_kib = procfs::rss_kib(pid).unwrap_or(0);
+    let server_rss_kib = pids
+        .iter()
+        .map(|&pid| procfs::rss_kib(pid).unwrap_or(0))
+        .sum();
     let filter_hook = match (&p.filter_metrics_of, hook_before) {
         (Some(plugin), Some(before)) => filter_hook(addr, plugin).await.map(|after| HookCost {
             calls: after.calls - before.calls,
@@ -190,7 +275,7 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
         _ => None,
     };
 
-    drop(publisher);
+    drop(publishers);
     let _ = stop_tx.send(true);
     let (mut received, mut last_ns, mut dropped, mut first_drop_reason) = (0u64, t0, 0, None);
     let mut latencies = Vec::with_capacity(expected as usize);
@@ -204,8 +289,8 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
             first_drop_reason.get_or_insert(reason);
         }
     }
-    let server_log = server.log.display().to_string();
-    server.stop().await;
+    let server_log = nodes[0].log.display().to_string();
+    stop_all(nodes, redis).await;
 
     let elapsed_s = (last_ns.saturating_sub(t0)) as f64 / 1e9;
     Ok(Outcome {
@@ -239,7 +324,20 @@ pub(crate) async fn run(broker: Broker, setup: &ServerSetup, p: &Params) -> Resu
             _ => 0,
         },
         filter_hook,
+        topology,
+        redis_cpu_s,
     })
+}
+
+/// CPU seconds of all `pids` together.
+fn cpu_seconds(pids: &[u32]) -> Result<f64> {
+    pids.iter().map(|&pid| procfs::cpu_seconds(pid)).sum()
+}
+
+async fn stop_all(nodes: Vec<Server>, redis: Option<Server>) {
+    for server in nodes.into_iter().chain(redis) {
+        server.stop().await;
+    }
 }
 
 /// `stellwerk_plugin_call_duration_seconds_{sum,count}{plugin=…,hook="filter"}` from

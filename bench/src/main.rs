@@ -339,6 +339,11 @@ struct FanoutArgs {
     /// publisher does not wait for answers at all).
     #[arg(long, default_value_t = 256)]
     http_concurrency: usize,
+    /// Also run Stellwerk (WebSockets) on the Redis engine with this many nodes each, e.g.
+    /// `1,2,3`: a fresh `redis-server` per run, subscribers and publishes spread evenly over
+    /// the nodes, CPU counted for the brokers and Redis together.
+    #[arg(long, value_delimiter = ',')]
+    redis_nodes: Vec<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -478,6 +483,7 @@ async fn run(cli: Cli, fd_limit: u64) -> Result<ExitCode> {
                 http_concurrency: 256,
                 claims: Claims::None,
                 filter_metrics_of: None,
+                topology: fanout::Topology::SINGLE,
             };
             plugin_cost::run_plugin_cost(&setup, &base).await
         }
@@ -502,6 +508,7 @@ async fn run(cli: Cli, fd_limit: u64) -> Result<ExitCode> {
                 http_concurrency: 256,
                 claims: Claims::None,
                 filter_metrics_of: None,
+                topology: fanout::Topology::SINGLE,
             };
             plugin_cost::run_filter(&setup, &a.test_plugins_dir, &base, &a.groups).await
         }
@@ -579,16 +586,31 @@ async fn run_fanout(
     };
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
+    // The memory engine's single node, then each Redis cluster size asked for.
+    let topologies: Vec<fanout::Topology> = std::iter::once(fanout::Topology::SINGLE)
+        .chain(a.redis_nodes.iter().map(|&nodes| fanout::Topology {
+            nodes: nodes.max(1),
+            redis: true,
+        }))
+        .collect();
     for &rate in &rates {
         for &broker in brokers {
             // nats has no batching switch: it always packs what is queued into one frame;
-            // SSE has none either (one event per push).
+            // SSE has none either (one event per push). Redis only with WebSockets.
             let variants = if broker != Broker::Stellwerk {
                 &[false][..]
             } else {
                 &batches[..]
             };
-            for &batch in variants {
+            let shapes = if broker == Broker::Stellwerk {
+                &topologies[..]
+            } else {
+                &[fanout::Topology::SINGLE][..]
+            };
+            for (&batch, &topology) in variants
+                .iter()
+                .flat_map(|b| shapes.iter().map(move |t| (b, t)))
+            {
                 let params = fanout::Params {
                     subscribers: a.subscribers,
                     messages: a.messages,
@@ -603,10 +625,12 @@ async fn run_fanout(
                     http_concurrency: a.http_concurrency,
                     claims: Claims::None,
                     filter_metrics_of: None,
+                    topology,
                 };
                 let what = format!(
-                    "fanout {} batch={} pace={}",
+                    "fanout {} ({}) batch={} pace={}",
                     broker.name(),
+                    topology.name(),
                     if batch { "on" } else { "off" },
                     rate.map_or("unpaced".into(), |r| format!("{r}/s"))
                 );
@@ -638,7 +662,7 @@ async fn run_fanout(
         "params": {
             "subscribers": a.subscribers, "messages": a.messages, "rate": a.rate,
             "size": a.size, "channel": c.channel, "timeout_s": c.timeout,
-            "http_concurrency": a.http_concurrency,
+            "http_concurrency": a.http_concurrency, "redis_nodes": a.redis_nodes,
         },
         "results": outcomes,
         "failures": failures,
@@ -649,14 +673,15 @@ async fn run_fanout(
 fn print_fanout(outcomes: &[fanout::Outcome]) {
     println!();
     println!(
-        "{:<10} {:<5} {:<8} {:>6} {:>6} {:>9} {:>7} {:>8} {:>10} {:>8} {:>11} {:>7} {:>7} {:>7} {:>7}",
-        "target", "batch", "pace", "subs", "msgs", "delivered", "lost", "elapsed", "deliv/s", "srv CPU",
-        "deliv/CPU-s", "p50 ms", "p99 ms", "max ms", "gen CPU"
+        "{:<10} {:<10} {:<5} {:<8} {:>6} {:>6} {:>9} {:>7} {:>8} {:>10} {:>8} {:>8} {:>11} {:>7} {:>7} {:>7} {:>7}",
+        "target", "engine", "batch", "pace", "subs", "msgs", "delivered", "lost", "elapsed", "deliv/s",
+        "srv CPU", "redis", "deliv/CPU-s", "p50 ms", "p99 ms", "max ms", "gen CPU"
     );
     for o in outcomes {
         println!(
-            "{:<10} {:<5} {:<8} {:>6} {:>6} {:>9} {:>7} {:>7.2}s {:>10.0} {:>7.2}s {:>11.0} {:>7.2} {:>7.2} {:>7.2} {:>6.2}s",
+            "{:<10} {:<10} {:<5} {:<8} {:>6} {:>6} {:>9} {:>7} {:>7.2}s {:>10.0} {:>7.2}s {:>7.2}s {:>11.0} {:>7.2} {:>7.2} {:>7.2} {:>6.2}s",
             o.target.name(),
+            if o.target == Broker::Nats { "-".to_string() } else { o.topology.name() },
             if o.batch { "on" } else { "off" },
             o.pace(),
             o.subscribers,
@@ -666,6 +691,7 @@ fn print_fanout(outcomes: &[fanout::Outcome]) {
             o.elapsed_s,
             o.deliveries_per_s,
             o.server_cpu_s,
+            o.redis_cpu_s,
             o.deliveries_per_cpu_s,
             o.latency.p50_ms,
             o.latency.p99_ms,
@@ -706,17 +732,44 @@ fn print_fanout(outcomes: &[fanout::Outcome]) {
 /// Stellwerk / NATS per pace and Stellwerk batching mode, from runs of this invocation only.
 fn fanout_ratios(outcomes: &[fanout::Outcome]) -> serde_json::Value {
     let mut ratios = serde_json::Map::new();
+    let single = |o: &&fanout::Outcome| o.topology == fanout::Topology::SINGLE;
     for nats in outcomes.iter().filter(|o| o.target == Broker::Nats) {
         for sw in outcomes
             .iter()
             .filter(|o| o.target == Broker::Stellwerk && o.rate == nats.rate)
         {
             let key = format!(
-                "{} batch={}",
+                "{} batch={}{}",
                 nats.pace(),
-                if sw.batch { "on" } else { "off" }
+                if sw.batch { "on" } else { "off" },
+                if single(&sw) {
+                    String::new()
+                } else {
+                    format!(" {}", sw.topology.name())
+                }
             );
             ratios.insert(key, fanout_ratio(sw, nats));
+        }
+    }
+    // Each Redis cluster size against the memory engine's single node, same pace and batching.
+    for memory in outcomes
+        .iter()
+        .filter(|o| o.target == Broker::Stellwerk)
+        .filter(single)
+    {
+        for redis in outcomes.iter().filter(|o| {
+            o.target == Broker::Stellwerk
+                && o.topology.redis
+                && o.rate == memory.rate
+                && o.batch == memory.batch
+        }) {
+            let key = format!(
+                "{}/memory {} batch={}",
+                redis.topology.name(),
+                memory.pace(),
+                if memory.batch { "on" } else { "off" }
+            );
+            ratios.insert(key, fanout_ratio(redis, memory));
         }
     }
     // SSE against WebSockets, both Stellwerk, unbatched (SSE has no batching).
@@ -724,6 +777,7 @@ fn fanout_ratios(outcomes: &[fanout::Outcome]) -> serde_json::Value {
         for ws in outcomes
             .iter()
             .filter(|o| o.target == Broker::Stellwerk && o.rate == sse.rate && !o.batch)
+            .filter(single)
         {
             ratios.insert(format!("sse/ws {}", sse.pace()), fanout_ratio(sse, ws));
         }
@@ -747,7 +801,8 @@ fn print_ratios(ratios: &serde_json::Value) {
     println!();
     println!(
         "Ratios of this run (Stellwerk / NATS by pace and batching, `sse/ws`: Stellwerk's SSE \
-         / its WebSockets; >1 means the first is higher):"
+         / its WebSockets, `redis xN/memory`: N nodes on Redis / one on memory; >1 means the \
+         first is higher):"
     );
     for (key, value) in map {
         let fields: Vec<String> = value
@@ -756,7 +811,7 @@ fn print_ratios(ratios: &serde_json::Value) {
             .flatten()
             .map(|(name, v)| format!("{name} {:.2}", v.as_f64().unwrap_or(0.0)))
             .collect();
-        println!("  {key:<22} {}", fields.join(", "));
+        println!("  {key:<34} {}", fields.join(", "));
     }
 }
 

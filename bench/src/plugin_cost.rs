@@ -147,6 +147,7 @@ pub(crate) async fn run_filter(
                     channel: "aud:bench".into(),
                     claims: Claims::Groups(g),
                     filter_metrics_of: Some("audiences".into()),
+                    topology: fanout::Topology::SINGLE,
                     ..base.clone()
                 };
                 let what = format!("filter G={g}");

@@ -270,7 +270,7 @@ async fn storm(
 
 pub(crate) async fn run(setup: &ServerSetup, p: &Params) -> Result<Outcome> {
     let deadline = Instant::now() + p.timeout;
-    let server = servers::start_stellwerk(setup, "reconnect-storm", p.queue_capacity).await?;
+    let server = servers::start_stellwerk(setup, "reconnect-storm", p.queue_capacity, &[]).await?;
     let (pid, addr) = (server.pid(), server.ws_addr);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle_kib = procfs::rss_kib(pid)?;

@@ -111,7 +111,7 @@ async fn run_inner(setup: &ServerSetup, p: &Params) -> Result<Value> {
         plugins_dir: dir.clone(),
         ..setup.clone()
     };
-    let server = servers::start_stellwerk(&setup, "reload", 1 << 16).await?;
+    let server = servers::start_stellwerk(&setup, "reload", 1 << 16, &[]).await?;
     let admin = Admin::new(server.ws_addr);
     let result = measure(&admin, &dir, server.ws_addr, p, &v1, &v2).await;
     server.stop().await;

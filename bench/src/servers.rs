@@ -37,6 +37,11 @@ impl Server {
     pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// For a server from [`start_redis`]: where Stellwerk finds it.
+    pub(crate) fn redis_url(&self) -> String {
+        format!("redis://{}/", self.ws_addr)
+    }
 }
 
 pub(crate) const API_KEY: &str = "bench-api-key";
@@ -48,6 +53,7 @@ pub(crate) async fn start_stellwerk(
     setup: &ServerSetup,
     label: &str,
     queue_capacity: usize,
+    env: &[(String, String)],
 ) -> Result<Server> {
     if !setup.stellwerk_bin.exists() {
         bail!(
@@ -75,7 +81,7 @@ pub(crate) async fn start_stellwerk(
             queue_capacity.to_string(),
         )
         .env("RUST_LOG", "warn");
-    for (k, v) in &setup.stellwerk_env {
+    for (k, v) in env.iter().chain(&setup.stellwerk_env) {
         cmd.env(k, v);
     }
     let mut child = spawn_logged(cmd, &log)?;
@@ -165,6 +171,41 @@ pub(crate) async fn start_nats(setup: &ServerSetup, label: &str) -> Result<Serve
         child,
         pid,
         ws_addr,
+        log,
+    })
+}
+
+/// Starts a fresh `redis-server` (Debian package) on a free loopback port, without
+/// persistence, for the Redis engine's runs; `ws_addr` is its address.
+pub(crate) async fn start_redis(setup: &ServerSetup, label: &str) -> Result<Server> {
+    let addr = free_port()?;
+    let log = log_file(setup, &format!("redis-{label}"))?;
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&setup.log_dir);
+    let mut child =
+        spawn_logged(cmd, &log).context("starting redis-server (Debian package redis-server)")?;
+    let pid = child.id().context("redis-server exited at once")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("redis-server exited with {status}; log: {}", log.display());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill().await;
+            bail!(
+                "redis-server not listening after 20 s; log: {}",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Server {
+        child,
+        pid,
+        ws_addr: addr,
         log,
     })
 }

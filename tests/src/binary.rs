@@ -47,7 +47,16 @@ fn built() -> &'static Built {
 
 fn build() -> anyhow::Result<Built> {
     // `cargo test` releases its build lock before it runs tests, so a nested build is fine.
-    let output = Command::new(env!("CARGO"))
+    let mut cargo = Command::new(env!("CARGO"));
+    // `cargo test` gave this process its package's variables (`CARGO_PKG_NAME=stellwerk-e2e`,
+    // …); build scripts that watch them (ring's) would rebuild for the nested build and again
+    // for the next plain one. Stripped as `cargo xtask` strips its own.
+    for (key, _) in std::env::vars() {
+        if is_package_env(&key) {
+            cargo.env_remove(key);
+        }
+    }
+    let output = cargo
         .current_dir(workspace_root())
         // `--workspace --bins --tests`, not `-p stellwerk`: the same feature unification as
         // the `cargo test --workspace` that runs us (dev-dependencies such as tokio's
@@ -98,4 +107,14 @@ fn build() -> anyhow::Result<Built> {
             "cargo build reported no `stellwerk` or no `stellwerk-bench` executable:\n{stdout}"
         ),
     }
+}
+
+/// The variables cargo sets for one package's build or run.
+fn is_package_env(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || key.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            key,
+            "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+        )
 }

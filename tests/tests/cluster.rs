@@ -6,20 +6,28 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use stellwerk_e2e::redis::RedisServer;
-use stellwerk_e2e::{assert_http_error, Server, WsClient};
+use stellwerk_e2e::{assert_http_error, Server, ServerBuilder, WsClient};
 
 /// One cluster at a time: each test starts up to three brokers plus a Redis, and on two cores
 /// several such tests at once starve each other past the clients' receive timeout.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn node(redis: &RedisServer, shared: Option<&Server>) -> Server {
-    let mut builder = Server::builder()
+/// A broker on `redis`'s engine, not started yet (trusting `redis`'s CA when it speaks TLS).
+fn on(redis: &RedisServer) -> ServerBuilder {
+    let builder = Server::builder()
         .env("STELLWERK_ENGINE_KIND", "redis")
         .env("STELLWERK_ENGINE_REDIS_URL", redis.url());
-    if let Some(first) = shared {
-        builder = builder.shared_with(first);
+    match redis.ca_file() {
+        Some(ca) => builder.env("SSL_CERT_FILE", ca.display()),
+        None => builder,
     }
-    builder.start().await
+}
+
+async fn node(redis: &RedisServer, shared: Option<&Server>) -> Server {
+    match shared {
+        Some(first) => on(redis).shared_with(first).start().await,
+        None => on(redis).start().await,
+    }
 }
 
 async fn cluster(redis: &RedisServer, nodes: usize) -> Vec<Server> {
@@ -388,6 +396,33 @@ async fn a_node_that_cannot_reach_redis_at_start_exits_naming_it() {
     assert!(log.contains("redis"), "{log}");
 }
 
+/// `rediss://` with a password in the URL (pinned: `engine.redis_url` carries both): two
+/// nodes work as on plain Redis; a wrong password stops a node at start, and neither
+/// password ever reaches the log.
+#[tokio::test]
+async fn nodes_reach_redis_over_tls_with_the_password_in_the_url() {
+    const PASSWORD: &str = "s3cret-redis-pass";
+    let _one = ONE_AT_A_TIME.lock().await;
+    let redis = RedisServer::start_tls(PASSWORD);
+    assert!(redis.url().starts_with("rediss://"), "{}", redis.url());
+    let nodes = cluster(&redis, 2).await;
+    let (mut ws, _) = nodes[1].subscriber("ann", "public:tls").await;
+    let sent = nodes[0].publish_ok("public:tls", &json!({"n": 1})).await;
+    assert_eq!(message(&mut ws).await["offset"], sent["offset"]);
+    for node in &nodes {
+        assert!(!node.log().contains(PASSWORD), "{}", node.log());
+    }
+
+    let wrong = redis.url().replace(PASSWORD, "not-the-password");
+    let (code, log) = on(&redis)
+        .env("STELLWERK_ENGINE_REDIS_URL", &wrong)
+        .run_to_exit()
+        .await;
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.to_lowercase().contains("redis"), "{log}");
+    assert!(!log.contains("not-the-password"), "{log}");
+}
+
 const COURSE: &str = "a07535cf2f8a72df33c12ddfa4b53dde";
 const CHAT: &str = "course:a07535cf2f8a72df33c12ddfa4b53dde:chat";
 const ANN: &str = "e7a0a84b161f3e8c09b4a0a2e8a58147";
@@ -469,15 +504,11 @@ async fn presence_is_the_clusters_with_joins_and_leaves_across_nodes() {
 async fn the_members_of_a_node_killed_with_sigkill_leave_for_the_others() {
     let _one = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start();
-    let first = Server::builder()
-        .env("STELLWERK_ENGINE_KIND", "redis")
-        .env("STELLWERK_ENGINE_REDIS_URL", redis.url())
+    let first = on(&redis)
         .env("STELLWERK_ENGINE_NODE_TIMEOUT_SECONDS", 2)
         .start()
         .await;
-    let doomed = Server::builder()
-        .env("STELLWERK_ENGINE_KIND", "redis")
-        .env("STELLWERK_ENGINE_REDIS_URL", redis.url())
+    let doomed = on(&redis)
         .env("STELLWERK_ENGINE_NODE_TIMEOUT_SECONDS", 2)
         .shared_with(&first)
         .start()

@@ -18,18 +18,30 @@ struct Suite {
     commands: &'static [&'static [&'static str]],
 }
 
-const SUITES: &[Suite] = &[Suite {
-    name: "PHP client and Stud.IP plugin",
-    dir: "clients/php",
-    needs: &[("php", "php-cli php-curl"), ("phpunit", "phpunit")],
-    commands: &[&["phpunit"]],
-}];
+const SUITES: &[Suite] = &[
+    Suite {
+        name: "PHP client and Stud.IP plugin",
+        dir: "clients/php",
+        needs: &[("php", "php-cli php-curl"), ("phpunit", "phpunit")],
+        commands: &[&["phpunit"]],
+    },
+    Suite {
+        name: "browser client and JSUpdater bridge",
+        dir: "clients/js",
+        needs: &[("node", "nodejs"), ("npm", "npm"), ("chromium", "chromium")],
+        // Dev dependencies exactly as the lockfile pins them; the build checks the size
+        // budget; the tests drive Debian's Chromium through playwright-core.
+        commands: &[&["npm", "ci"], &["npm", "run", "build"], &["npm", "test"]],
+    },
+];
 
 /// Runs every client suite; fails listing the suites that failed.
 pub(crate) fn test(root: &Path) -> Result<()> {
-    // The binary the suites start (a no-op after `cargo test`, which built it).
+    // The binary the suites start. The same selection and features as `cargo test
+    // --workspace` (and the e2e harness, `tests/src/binary.rs`), so after it this is a no-op;
+    // `-p stellwerk` alone would unify features differently and rebuild the broker.
     Cmd::new(cargo())
-        .args(["build", "-p", "stellwerk"])
+        .args(["build", "--workspace", "--bins", "--tests"])
         .current_dir(root)
         .run()?;
     let broker = root.join("target/debug/stellwerk");

@@ -61,6 +61,7 @@ environment:
   XTASK_WASM_TOOLCHAIN=prebuilt|build-std   force how the wasm32 standard library is obtained";
 
 fn main() -> ExitCode {
+    forget_own_package_env();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -76,6 +77,31 @@ fn main() -> ExitCode {
             )
         }
     }
+}
+
+/// `cargo xtask` runs us through `cargo run`, which sets `CARGO_PKG_NAME=xtask` and the like.
+/// Build scripts (ring's) declare such variables with `rerun-if-env-changed`, so every cargo
+/// we start would see them differ from the last plain `cargo build` and rebuild half the
+/// workspace. Our children see them unset, as a shell's cargo does (the e2e harness's nested
+/// build strips the same ones: `tests/src/binary.rs`).
+fn forget_own_package_env() {
+    let ours: Vec<OsString> = std::env::vars_os()
+        .map(|(key, _)| key)
+        .filter(|key| key.to_str().is_some_and(is_package_env))
+        .collect();
+    for key in ours {
+        std::env::remove_var(key);
+    }
+}
+
+/// The variables cargo sets for one package's build or run.
+fn is_package_env(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || key.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            key,
+            "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+        )
 }
 
 fn run() -> Result<()> {

@@ -193,7 +193,7 @@ pub(crate) async fn run(setup: &ServerSetup, p: &Params) -> Result<Outcome> {
         plugins_dir: plugins.path.clone(),
         ..setup.clone()
     };
-    let server = servers::start_stellwerk(&setup, "soak", 1024).await?;
+    let server = servers::start_stellwerk(&setup, "soak", 1024, &[]).await?;
     let result = soak(server.pid(), server.ws_addr, p, &course).await;
     let server_log = server.log.display().to_string();
     server.stop().await;

@@ -48,6 +48,16 @@ pub(crate) struct PresenceEvent {
     pub(crate) connection: u64,
 }
 
+impl PresenceEvent {
+    /// `info` to embed in a frame as is: the text when it is JSON, else `{}` (it came
+    /// through Redis, from another node's plugin).
+    pub(crate) fn info_json(&self) -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::from_string(self.info.to_string()).unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string("{}".into()).expect("`{}` is JSON")
+        })
+    }
+}
+
 /// One member of a channel, as listings show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Member {

@@ -212,10 +212,7 @@ impl Subscribers {
 
 /// The `join` or `leave` push of `event`.
 pub(super) fn presence_push(event: &PresenceEvent) -> Arc<Push> {
-    // The info is JSON text from the plugin (or from the engine, which
-    // stored the plugin's): embedded as is when it parses, else `{}`.
-    let info = serde_json::value::RawValue::from_string(event.info.to_string())
-        .unwrap_or_else(|_| serde_json::value::RawValue::from_string("{}".into()).unwrap());
+    let info = event.info_json();
     let frame = json!({
         "type": event.change.as_str(),
         "channel": event.channel.as_str(),

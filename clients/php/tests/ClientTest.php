@@ -41,7 +41,7 @@ final class ClientTest extends TestCase
     public function testTheOneCallExampleOfTheDocsPublishesToTheCourse(): void
     {
         $readme = (string) file_get_contents(__DIR__ . '/../README.md');
-        $docs = (string) file_get_contents(__DIR__ . '/../../../docs/clients-php.md');
+        $docs = (string) file_get_contents(__DIR__ . '/../../../docs/clients.md');
         $example = self::example($readme, 'one-call-publish');
         $this->assertSame($example, self::example($docs, 'one-call-publish'), 'README and docs show the same example');
 

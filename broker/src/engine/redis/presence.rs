@@ -98,8 +98,7 @@ struct Wire<'a> {
 
 /// The pub/sub form of `event`.
 fn encode(event: &PresenceEvent) -> String {
-    let info = serde_json::value::RawValue::from_string(event.info.to_string())
-        .unwrap_or_else(|_| serde_json::value::RawValue::from_string("{}".into()).unwrap());
+    let info = event.info_json();
     let wire = Wire {
         k: event.change.as_str(),
         n: &event.node,
