@@ -140,6 +140,40 @@ pub struct PluginsConfig {
     /// Idle instances kept per plugin for the next call; 0 makes every call
     /// instantiate afresh.
     pub pool_size: usize,
+    /// Keep compiled plugins on disk, so that the next start or reload of an
+    /// unchanged file loads them instead of compiling (seconds for a JavaScript plugin).
+    pub compile_cache: bool,
+    /// Where; unset: `$XDG_CACHE_HOME/stellwerk` or `$HOME/.cache/stellwerk`.
+    pub compile_cache_dir: Option<PathBuf>,
+}
+
+impl PluginsConfig {
+    /// The compile cache's directory, or `None` when it is off or no default
+    /// exists (neither `XDG_CACHE_HOME` nor `HOME` is set, as for some services).
+    /// A relative directory is taken from the working directory.
+    pub fn compile_cache_dir(&self) -> Option<PathBuf> {
+        self.compile_cache_dir_from(|name| std::env::var_os(name))
+    }
+
+    fn compile_cache_dir_from(
+        &self,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Option<PathBuf> {
+        if !self.compile_cache {
+            return None;
+        }
+        let dir = match &self.compile_cache_dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let from_env = |name| env(name).filter(|v| !v.is_empty());
+                let base = from_env("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| from_env("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+                base.join("stellwerk")
+            }
+        };
+        std::path::absolute(&dir).ok()
+    }
 }
 
 /// `[http]`: what a TCP connection to a listener may cost before it is an HTTP request.
@@ -325,6 +359,8 @@ impl Default for PluginsConfig {
             // Enough for every worker thread to find one; more would only hold memory.
             pool_size: (std::thread::available_parallelism().map_or(2, usize::from) * 2)
                 .clamp(4, 16),
+            compile_cache: true,
+            compile_cache_dir: None,
         }
     }
 }
@@ -1872,6 +1908,8 @@ kind = "memory"
             "STELLWERK_ADMIN_LISTEN",
             "STELLWERK_PLUGINS_WATCH",
             "STELLWERK_PLUGINS_MAX_UPLOAD_BYTES",
+            "STELLWERK_PLUGINS_COMPILE_CACHE",
+            "STELLWERK_PLUGINS_COMPILE_CACHE_DIR",
             "STELLWERK_SSE_RETRY_MS",
             "STELLWERK_ENGINE_KIND",
             "STELLWERK_RATE_LIMITS_COMMANDS_PER_SECOND",
@@ -1885,7 +1923,9 @@ kind = "memory"
             .map(|var| {
                 let value = match var.as_str() {
                     "STELLWERK_LISTEN" | "STELLWERK_ADMIN_LISTEN" => "127.0.0.1:0",
-                    "STELLWERK_ALLOW_ANONYMOUS" | "STELLWERK_PLUGINS_WATCH" => "true",
+                    "STELLWERK_ALLOW_ANONYMOUS"
+                    | "STELLWERK_PLUGINS_WATCH"
+                    | "STELLWERK_PLUGINS_COMPILE_CACHE" => "true",
                     "STELLWERK_ENGINE_KIND" => "redis",
                     "STELLWERK_ENGINE_REDIS_URL" => "redis://127.0.0.1:6379/",
                     "STELLWERK_JWT_PUBLIC_KEY_FILE" => "/keys/pub.pem",
@@ -2263,5 +2303,48 @@ kind = "memory"
             .unwrap_err()
             .to_string();
         assert!(message.starts_with("STELLWERK_JWT_AUDIENCE: "), "{message}");
+    }
+
+    #[test]
+    fn the_compile_cache_lives_under_the_users_cache_directory_unless_configured() {
+        use std::ffi::OsString;
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let plugins = PluginsConfig::default();
+        assert_eq!(
+            plugins.compile_cache_dir_from(env(&[
+                ("XDG_CACHE_HOME", "/var/cache/x"),
+                ("HOME", "/home/a")
+            ])),
+            Some(PathBuf::from("/var/cache/x/stellwerk"))
+        );
+        assert_eq!(
+            plugins.compile_cache_dir_from(env(&[("XDG_CACHE_HOME", ""), ("HOME", "/home/a")])),
+            Some(PathBuf::from("/home/a/.cache/stellwerk"))
+        );
+        // A service without HOME: no cache rather than one in the working directory.
+        assert_eq!(plugins.compile_cache_dir_from(env(&[])), None);
+
+        let configured = PluginsConfig {
+            compile_cache_dir: Some(PathBuf::from("cache")),
+            ..PluginsConfig::default()
+        };
+        assert_eq!(
+            configured.compile_cache_dir_from(env(&[("HOME", "/home/a")])),
+            Some(std::env::current_dir().unwrap().join("cache"))
+        );
+        let off = PluginsConfig {
+            compile_cache: false,
+            ..configured
+        };
+        assert_eq!(
+            off.compile_cache_dir_from(env(&[("HOME", "/home/a")])),
+            None
+        );
     }
 }

@@ -114,6 +114,7 @@ pub async fn run(
         pool_size: config.plugins.pool_size,
         instance_slots: config.plugins.instance_slots,
     };
+    use_compile_cache(&config.plugins)?;
     let dir = config.plugins.dir.clone();
     // Compiling components is CPU-heavy and blocking: keep it off the reactor.
     let registry = tokio::task::spawn_blocking(move || Registry::load_dir(&dir, limits))
@@ -278,5 +279,30 @@ pub async fn run(
              WebSocket/SSE stream(s) that did not finish"
         );
     }
+    Ok(())
+}
+
+/// Points the plugin runtime at the compile cache. A directory that was
+/// configured and cannot be created stops the start; the default one only
+/// warns, and plugins are then compiled at every start.
+fn use_compile_cache(config: &crate::config::PluginsConfig) -> Result<(), ServeError> {
+    let Some(dir) = config.compile_cache_dir() else {
+        if config.compile_cache {
+            tracing::warn!("no directory for the plugin compile cache (set plugins.compile_cache_dir, or HOME); plugins are compiled at every start");
+        } else {
+            tracing::info!("plugin compile cache off: plugins are compiled at every start");
+        }
+        return Ok(());
+    };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        let what = format!("cannot create the compile cache {}: {e}", dir.display());
+        if config.compile_cache_dir.is_some() {
+            return Err(ServeError::Plugins(what));
+        }
+        tracing::warn!("{what}; plugins are compiled at every start");
+        return Ok(());
+    }
+    tracing::info!(dir = %dir.display(), "plugin compile cache");
+    plugins::use_compile_cache(dir);
     Ok(())
 }

@@ -195,6 +195,8 @@ impl ServerBuilder {
             .env("STELLWERK_API_KEY", api_key)
             .env("STELLWERK_JWT_SECRET", jwt_secret)
             .env("STELLWERK_PLUGINS_DIR", &self.plugins_dir)
+            // One cache for every test's broker: each component is compiled once per run.
+            .env("STELLWERK_PLUGINS_COMPILE_CACHE_DIR", compile_cache_dir())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         for (key, value) in &self.env {
@@ -235,6 +237,11 @@ pub fn examples_dir() -> &'static Path {
         }
         dir
     })
+}
+
+/// The compile cache the tests' brokers share (`target/compile-cache`).
+pub fn compile_cache_dir() -> PathBuf {
+    workspace_root().join("target").join("compile-cache")
 }
 
 fn require_plugins(dir: &Path) {

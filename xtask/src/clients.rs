@@ -76,6 +76,11 @@ fn run(root: &Path, suite: &Suite, broker: &Path) -> Result<()> {
             .args(&command[1..])
             .env("STELLWERK_BIN", broker)
             .env("STELLWERK_PLUGINS_DIR", plugins_out_dir(root))
+            // The e2e tests' cache: each component is compiled once, not per broker start.
+            .env(
+                "STELLWERK_PLUGINS_COMPILE_CACHE_DIR",
+                root.join("target").join("compile-cache"),
+            )
             .current_dir(&root.join(suite.dir))
             .run()?;
     }

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::error::Context as _;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, Trap,
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    StoreLimits, StoreLimitsBuilder, Trap,
 };
 
 use super::{
@@ -60,6 +61,21 @@ pub(super) struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     compiled: Mutex<HashMap<[u8; 32], Arc<Component>>>,
+    /// Wasmtime's on-disk cache of compiled code, when one is configured:
+    /// kept here for its hit counter, which tells a compile from a cache load.
+    disk_cache: Option<Cache>,
+}
+
+/// Where compiled code is kept between processes, chosen before the runtime
+/// exists (see [`use_compile_cache`]).
+static COMPILE_CACHE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Keeps compiled components in `dir` (wasmtime's cache, keyed by a hash of
+/// the component's bytes and the engine's configuration and version), so that
+/// a later process loads them instead of compiling again. Takes effect only
+/// if called before the first plugin is loaded; `false` when that is too late.
+pub(crate) fn use_compile_cache(dir: PathBuf) -> bool {
+    COMPILE_CACHE_DIR.set(dir).is_ok()
 }
 
 /// Compiled components kept beyond their last user, so that a reload of an
@@ -97,6 +113,17 @@ impl Runtime {
             // 4 GiB (costs explicit bounds checks, saves ~1 TiB of reservation).
             .memory_reservation(super::MAX_MEMORY_LIMIT_BYTES as u64)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let disk_cache = match COMPILE_CACHE_DIR.get() {
+            Some(dir) => {
+                let mut cache = CacheConfig::new();
+                cache.with_directory(dir);
+                let cache = Cache::new(cache)
+                    .with_context(|| format!("compile cache {}", dir.display()))?;
+                config.cache(Some(cache.clone()));
+                Some(cache)
+            }
+            None => None,
+        };
         let engine = Engine::new(&config)?;
         start_epoch_ticker(&engine)?;
 
@@ -106,6 +133,7 @@ impl Runtime {
             engine,
             linker,
             compiled: Mutex::new(HashMap::new()),
+            disk_cache,
         })
     }
 
@@ -118,7 +146,24 @@ impl Runtime {
         if let Some(c) = cache.get(&sha256) {
             return Ok(c.clone());
         }
+        let hits_before = self.disk_cache.as_ref().map(Cache::cache_hits);
+        let started = Instant::now();
         let component = Arc::new(Component::new(&self.engine, bytes)?);
+        let from_disk = match (&self.disk_cache, hits_before) {
+            (Some(cache), Some(before)) => cache.cache_hits() > before,
+            _ => false,
+        };
+        tracing::info!(
+            sha256 = %hex::encode(&sha256[..8]),
+            bytes = bytes.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "{}",
+            if from_disk {
+                "component loaded from the compile cache"
+            } else {
+                "component compiled"
+            }
+        );
         if cache.len() >= COMPILE_CACHE_SPARE {
             // Forget components that no loaded plugin uses any more.
             cache.retain(|_, c| Arc::strong_count(c) > 1);

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use host::fuzz_checks;
-pub(crate) use host::{HookCounts, Plugin, PluginSource, PluginStats};
+pub(crate) use host::{use_compile_cache, HookCounts, Plugin, PluginSource, PluginStats};
 pub(crate) use registry::{wasm_files, Governor, LiveRegistry, Registry};
 
 /// Sandbox limits applied to every plugin call.

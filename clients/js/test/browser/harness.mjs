@@ -52,6 +52,10 @@ export async function startBroker({ port = 0, env = {}, secrets } = {}) {
     STELLWERK_API_KEY: apiKey,
     STELLWERK_JWT_SECRET: jwtSecret,
     STELLWERK_PLUGINS_DIR: PLUGINS,
+    // The cache `cargo xtask test` shares with the Rust tests' brokers (else the default).
+    ...(process.env.STELLWERK_PLUGINS_COMPILE_CACHE_DIR
+      ? { STELLWERK_PLUGINS_COMPILE_CACHE_DIR: process.env.STELLWERK_PLUGINS_COMPILE_CACHE_DIR }
+      : {}),
     STELLWERK_PLUGINS_WATCH: 'false',
     RUST_LOG: 'info',
     NO_COLOR: '1',

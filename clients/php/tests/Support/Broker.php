@@ -69,6 +69,11 @@ final class Broker
             'STELLWERK_JWT_SECRET' => $this->jwtSecret,
             'STELLWERK_PLUGINS_DIR' => $plugins,
         ];
+        // The cache `cargo xtask test` shares with the Rust tests' brokers (else the default).
+        $cache = getenv('STELLWERK_PLUGINS_COMPILE_CACHE_DIR');
+        if ($cache !== false && $cache !== '') {
+            $vars['STELLWERK_PLUGINS_COMPILE_CACHE_DIR'] = $cache;
+        }
         foreach ($env as $key => $value) {
             $vars[$key] = $value;
         }
