@@ -19,6 +19,7 @@ mod idle;
 mod nats;
 mod payload;
 mod plugin_cost;
+mod plugin_load;
 mod procfs;
 mod reconnect;
 mod reload;
@@ -71,6 +72,9 @@ enum Scenario {
     /// Stellwerk only: time from writing a plugin file to its rules being live (median,
     /// p99), and deliveries/s during a reload storm versus without one.
     Reload(ReloadArgs),
+    /// Stellwerk only: each plugin's load at start-up, compiled cold versus from the
+    /// compile cache (broker's own ms, spawn to ready, RSS), and what an instance slot costs.
+    PluginLoad(PluginLoadArgs),
     /// Stellwerk only: a steady mix of connects, subscribes, publishes, presence, history,
     /// refreshes, plugin reloads and disconnects for `--minutes`; lost messages (must be
     /// 0), RSS after warm-up versus the end, open descriptors. Exits non-zero on a failure.
@@ -155,6 +159,19 @@ impl SoakArgs {
             sample_every: Duration::from_secs_f64(self.sample_every),
         })
     }
+}
+
+#[derive(Debug, Args)]
+struct PluginLoadArgs {
+    /// Plugins by name, from the plugins directory (`<name>.wasm`).
+    #[arg(long, value_delimiter = ',', default_value = "blubber,course")]
+    plugins: Vec<String>,
+    /// Starts of each kind (cold, from the cache) per plugin.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Instance slots of the larger broker in the slot comparison (the other has a tenth).
+    #[arg(long, default_value_t = 1000)]
+    slots: u32,
 }
 
 #[derive(Debug, Args)]
@@ -526,6 +543,16 @@ async fn run(cli: Cli, fd_limit: u64) -> Result<ExitCode> {
                 timeout,
             };
             reload::run(&setup, &params).await
+        }
+        Scenario::PluginLoad(a) => {
+            let params = plugin_load::Params {
+                plugins: a.plugins.clone(),
+                runs: a.runs.max(1),
+                slots: a.slots.max(10),
+            };
+            plugin_load::run(&setup, &params)
+                .await
+                .unwrap_or_else(|e| json!({"scenario": "plugin-load", "error": format!("{e:#}")}))
         }
         Scenario::Soak(a) => {
             let params = a.params()?;

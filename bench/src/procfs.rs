@@ -43,6 +43,11 @@ pub(crate) fn peak_rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// A `kB` line of `/proc/<pid>/status`, e.g. `VmRSS:`.
+/// Address space of a process in KiB (`VmSize`): reserved, not necessarily resident.
+pub(crate) fn vm_size_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmSize:")
+}
+
 fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;

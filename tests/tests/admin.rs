@@ -90,6 +90,12 @@ async fn the_list_shows_what_runs_with_its_counters() {
         gate["latency_p99_ms"].as_f64().is_some_and(|ms| ms > 0.0),
         "{gate}"
     );
+    // Calls one after another: the instance `describe` ran on served both, back in the pool.
+    assert_eq!(
+        gate["instances"],
+        json!({"live": 1, "idle": 1, "created": 1}),
+        "{gate}"
+    );
 }
 
 #[tokio::test]

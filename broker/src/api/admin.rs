@@ -213,6 +213,7 @@ fn status_json(status: &PluginStatus) -> Value {
         "faults": 0,
         "latency_p99_ms": null,
         "hooks": {},
+        "instances": null,
     });
     let Some(live) = &status.live else {
         return out;
@@ -231,6 +232,11 @@ fn status_json(status: &PluginStatus) -> Value {
     out["faults"] = json!(hooks.iter().map(|(_, h)| h.faults).sum::<u64>());
     // The slowest hook's p99: an upper bound for any call of this version.
     out["latency_p99_ms"] = json!(hooks.iter().filter_map(|(_, h)| p99(h)).reduce(f64::max));
+    out["instances"] = json!({
+        "live": live.stats.instances_live,
+        "idle": live.stats.instances_idle,
+        "created": live.stats.instances_created,
+    });
     out["hooks"] = hooks
         .iter()
         .map(|(hook, h)| {

@@ -282,6 +282,11 @@ pub(crate) struct PluginStats {
     /// Instances created so far, including the one `describe` ran on. Stays
     /// small in steady state; grows with concurrency peaks and faults.
     pub(crate) instances_created: u64,
+    /// Instances that exist now (pooled or running a call): each holds a
+    /// memory slot and its resident pages.
+    pub(crate) instances_live: u64,
+    /// Of those, the ones waiting in the pool.
+    pub(crate) instances_idle: u64,
 }
 
 #[derive(Default)]
@@ -309,6 +314,7 @@ struct Counters {
     on_publish: HookCounters,
     filter: HookCounters,
     instances_created: AtomicU64,
+    instances_live: Arc<AtomicU64>,
 }
 
 impl Counters {
@@ -362,6 +368,24 @@ impl PluginSource {
 struct Instance {
     store: Store<HostState>,
     exports: ChannelPlugin,
+    _live: LiveInstance,
+}
+
+/// Counts an instance among its plugin's live ones for as long as it exists,
+/// whichever way it ends (pooled and dropped, faulted, or its plugin unloaded).
+struct LiveInstance(Arc<AtomicU64>);
+
+impl LiveInstance {
+    fn new(live: &Arc<AtomicU64>) -> Self {
+        live.fetch_add(1, Relaxed);
+        Self(live.clone())
+    }
+}
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// One loaded plugin: what it described, and how to run it.
@@ -449,11 +473,13 @@ impl Plugin {
         let file_label: Arc<str> = file.display().to_string().into();
         let config_json: Arc<str> = config_json.into();
         let deadline_ticks = deadline_ticks(limits.call_timeout);
+        let counters = Counters::default();
         let mut instance = instantiate(
             &runtime.engine,
             &pre,
             HostState::new(file_label, config_json.clone(), limits),
             deadline_ticks,
+            &counters.instances_live,
         )
         .map_err(|e| PluginError::Instantiate {
             file: file.to_owned(),
@@ -492,7 +518,7 @@ impl Plugin {
             deadline_ticks,
             idle: Mutex::new(Vec::new()),
             max_idle: limits.pool_size,
-            counters: Counters::default(),
+            counters,
         };
         plugin.counters.instances_created.store(1, Relaxed);
         lock(&plugin.idle).push(instance);
@@ -551,6 +577,8 @@ impl Plugin {
             on_publish: self.counters.on_publish.read(),
             filter: self.counters.filter.read(),
             instances_created: self.counters.instances_created.load(Relaxed),
+            instances_live: self.counters.instances_live.load(Relaxed),
+            instances_idle: lock(&self.idle).len() as u64,
         }
     }
 
@@ -755,7 +783,13 @@ impl Plugin {
             return Ok(instance);
         }
         let state = HostState::new(self.name.clone(), self.config_json.clone(), &self.limits);
-        let instance = instantiate(&self.engine, &self.pre, state, self.deadline_ticks)?;
+        let instance = instantiate(
+            &self.engine,
+            &self.pre,
+            state,
+            self.deadline_ticks,
+            &self.counters.instances_live,
+        )?;
         self.counters.instances_created.fetch_add(1, Relaxed);
         Ok(instance)
     }
@@ -796,13 +830,18 @@ fn instantiate(
     pre: &ChannelPluginPre<HostState>,
     state: HostState,
     deadline_ticks: u64,
+    live: &Arc<AtomicU64>,
 ) -> wasmtime::Result<Instance> {
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
     // Start-up code of the component runs under the same deadline as a call.
     store.set_epoch_deadline(deadline_ticks);
     let exports = pre.instantiate(&mut store)?;
-    Ok(Instance { store, exports })
+    Ok(Instance {
+        store,
+        exports,
+        _live: LiveInstance::new(live),
+    })
 }
 
 /// Epoch ticks for `timeout`: the tick in progress may be nearly over, so one

@@ -221,6 +221,9 @@ fn governors_are_usable_from_many_threads() {
     assert_eq!(stats.authorize_subscribe.faults, 0);
     // At most one instance per concurrent caller; the pool keeps at least 4.
     assert!(stats.instances_created <= 4, "{stats:?}");
+    // Nothing runs now: every instance that still exists waits in the pool.
+    assert_eq!(stats.instances_live, stats.instances_idle, "{stats:?}");
+    assert_eq!(stats.instances_live, stats.instances_created, "{stats:?}");
 }
 
 #[test]
@@ -613,6 +616,11 @@ fn assert_subscribe_fault(governor: &Governor, selector: &str) {
         governor.stats().instances_created,
         before.instances_created + 1,
         "the faulty instance must be replaced, the good one reused"
+    );
+    assert_eq!(
+        governor.stats().instances_live,
+        before.instances_live,
+        "the faulty instance is gone, not leaked"
     );
 }
 
