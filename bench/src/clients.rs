@@ -147,6 +147,8 @@ pub(crate) enum Claims {
     Course(String),
     /// For the `audiences` test plugin: `group: "g<index % n>"`, i.e. `n` audiences.
     Groups(usize),
+    /// For `blubber:<thread>`: a page token whose `channels` claim names this channel.
+    Channels(String),
 }
 
 impl Claims {
@@ -164,6 +166,7 @@ impl Claims {
             Claims::Groups(n) => {
                 Some(serde_json::json!({"group": format!("g{}", index % n.max(&1))}))
             }
+            Claims::Channels(channel) => Some(serde_json::json!({"channels": [channel]})),
         }
     }
 }

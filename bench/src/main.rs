@@ -59,8 +59,9 @@ enum Scenario {
     Fanout(FanoutArgs),
     /// K idle authenticated+subscribed connections: server KiB per connection.
     Idle(IdleArgs),
-    /// Stellwerk only: fan-out on `public:bench` versus `course:<id>:bench` (the `course`
-    /// plugin with its `filter`, two audiences): deliveries per server CPU-second of each.
+    /// Stellwerk only: fan-out on `public:bench`, `course:<id>:bench` (the Rust `course`
+    /// plugin with its `filter`, two audiences) and `blubber:<thread>` (the JavaScript
+    /// `blubber` plugin): deliveries per server CPU-second of each.
     PluginCost(PluginCostArgs),
     /// Stellwerk only: the `filter` hook with 10,000 subscribers in G audiences (the
     /// `audiences` test plugin): server CPU microseconds per message for each G.

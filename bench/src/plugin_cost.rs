@@ -1,8 +1,10 @@
 //! Scenarios `plugin-cost` and `filter`: what a WASM plugin on the channel costs the broker.
 //!
-//! - `plugin-cost`: the fan-out run twice against the same binary, once on `public:bench`
-//!   (the `public` plugin, no `filter`) and once on `course:<id>:bench` (the `course` plugin,
-//!   whose `filter` runs once per message and distinct audience: two here).
+//! - `plugin-cost`: the fan-out run three times against the same binary: on `public:bench`
+//!   (the `public` plugin, no `filter`), on `course:<id>:bench` (the `course` plugin in Rust,
+//!   whose `filter` runs once per message and distinct audience: two here) and on
+//!   `blubber:<thread>` (the `blubber` plugin in JavaScript: `on-publish` per message, no
+//!   `filter`).
 //! - `filter`: 10,000 subscribers on `aud:bench` (the `audiences` test plugin), spread over
 //!   G audiences; the figure is server CPU microseconds per published message.
 
@@ -18,6 +20,8 @@ use crate::servers::ServerSetup;
 
 /// The Stud.IP course id the `plugin-cost` subscribers are members of.
 pub(crate) const COURSE_ID: &str = "a07535cf2f8a72df33c12ddfa4b53dde";
+/// The Blubber thread of the `plugin-cost` run on the JavaScript plugin.
+const BLUBBER_THREAD: &str = "0123456789abcdef0123456789abcdef";
 
 /// Runs one fan-out, bounded, and turns a failure into a JSON note.
 async fn bounded_run(
@@ -62,10 +66,17 @@ pub(crate) async fn run_plugin_cost(
         claims: Claims::Course(COURSE_ID.into()),
         ..base.clone()
     };
+    let blubber_channel = format!("blubber:{BLUBBER_THREAD}");
+    let blubber = fanout::Params {
+        channel: blubber_channel.clone(),
+        claims: Claims::Channels(blubber_channel),
+        ..base.clone()
+    };
     let mut outcomes = Vec::new();
     for (params, what) in [
         (&public, "plugin-cost public"),
         (&course, "plugin-cost course"),
+        (&blubber, "plugin-cost blubber"),
     ] {
         if let Some(o) = bounded_run(setup, params, what, &mut failures).await {
             outcomes.push(o);
@@ -114,6 +125,14 @@ pub(crate) async fn run_plugin_cost(
         }
         _ => None,
     };
+    let blubber_vs_course = match (find("blubber:"), find("course:")) {
+        (Some(b), Some(c)) => {
+            let r = ratio(b.deliveries_per_cpu_s, c.deliveries_per_cpu_s);
+            println!("blubber (JavaScript) / course (Rust) deliveries per CPU-second: {r:.3}");
+            Some(r)
+        }
+        _ => None,
+    };
     json!({
         "scenario": "plugin-cost",
         "params": {
@@ -123,7 +142,10 @@ pub(crate) async fn run_plugin_cost(
         },
         "results": outcomes,
         "failures": failures,
-        "ratios": {"course_over_public_deliveries_per_cpu_s": course_vs_public},
+        "ratios": {
+            "course_over_public_deliveries_per_cpu_s": course_vs_public,
+            "blubber_over_course_deliveries_per_cpu_s": blubber_vs_course,
+        },
     })
 }
 

@@ -30,8 +30,11 @@ use crate::auth::Identity;
 use crate::channel::is_namespace;
 use crate::metrics::{Histogram, LatencySnapshot};
 
+mod cpu_budget;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod fuzz_checks;
+
+use cpu_budget::{thread_cpu_time, CpuBudget};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -201,6 +204,8 @@ pub(super) struct HostState {
     config_json: Arc<str>,
     limits: StoreLimits,
     log_lines: u32,
+    /// The time limit of the call in progress, in CPU time.
+    budget: CpuBudget,
 }
 
 impl wit_host::Host for HostState {
@@ -403,7 +408,6 @@ pub(crate) struct Plugin {
     _component: Arc<Component>,
     config_json: Arc<str>,
     limits: PluginLimits,
-    deadline_ticks: u64,
     idle: Mutex<Vec<Instance>>,
     max_idle: usize,
     counters: Counters,
@@ -472,13 +476,11 @@ impl Plugin {
         // Until `describe` has answered, log lines carry the file name.
         let file_label: Arc<str> = file.display().to_string().into();
         let config_json: Arc<str> = config_json.into();
-        let deadline_ticks = deadline_ticks(limits.call_timeout);
         let counters = Counters::default();
         let mut instance = instantiate(
             &runtime.engine,
             &pre,
             HostState::new(file_label, config_json.clone(), limits),
-            deadline_ticks,
             &counters.instances_live,
         )
         .map_err(|e| PluginError::Instantiate {
@@ -486,7 +488,8 @@ impl Plugin {
             source: e.into_boxed_dyn_error(),
         })?;
 
-        instance.store.set_epoch_deadline(deadline_ticks);
+        let deadline = instance.store.data_mut().budget.start_call();
+        instance.store.set_epoch_deadline(deadline);
         let description = instance
             .exports
             .call_describe(&mut instance.store)
@@ -515,7 +518,6 @@ impl Plugin {
             _component: component,
             config_json,
             limits: *limits,
-            deadline_ticks,
             idle: Mutex::new(Vec::new()),
             max_idle: limits.pool_size,
             counters,
@@ -757,7 +759,8 @@ impl Plugin {
             Ok(instance) => instance,
             Err(e) => return self.fault(hook, &format!("cannot instantiate: {e:#}")),
         };
-        instance.store.set_epoch_deadline(self.deadline_ticks);
+        let deadline = instance.store.data_mut().budget.start_call();
+        instance.store.set_epoch_deadline(deadline);
         instance.store.data_mut().log_lines = 0;
         let answer = match invoke(&instance.exports, &mut instance.store) {
             Ok(answer) => answer,
@@ -787,7 +790,6 @@ impl Plugin {
             &self.engine,
             &self.pre,
             state,
-            self.deadline_ticks,
             &self.counters.instances_live,
         )?;
         self.counters.instances_created.fetch_add(1, Relaxed);
@@ -821,6 +823,7 @@ impl HostState {
                 .trap_on_grow_failure(true)
                 .build(),
             log_lines: 0,
+            budget: CpuBudget::new(limits.call_timeout, EPOCH_TICK),
         }
     }
 }
@@ -829,26 +832,22 @@ fn instantiate(
     engine: &Engine,
     pre: &ChannelPluginPre<HostState>,
     state: HostState,
-    deadline_ticks: u64,
     live: &Arc<AtomicU64>,
 ) -> wasmtime::Result<Instance> {
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
-    // Start-up code of the component runs under the same deadline as a call.
-    store.set_epoch_deadline(deadline_ticks);
+    store.epoch_deadline_callback(|mut store| {
+        Ok(store.data_mut().budget.on_deadline(thread_cpu_time()))
+    });
+    // Start-up code of the component runs under the same limit as a call.
+    let deadline = store.data_mut().budget.start_call();
+    store.set_epoch_deadline(deadline);
     let exports = pre.instantiate(&mut store)?;
     Ok(Instance {
         store,
         exports,
         _live: LiveInstance::new(live),
     })
-}
-
-/// Epoch ticks for `timeout`: the tick in progress may be nearly over, so one
-/// more guarantees the plugin at least `timeout` (and at most one tick more).
-fn deadline_ticks(timeout: Duration) -> u64 {
-    let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
-    u64::try_from(ticks).unwrap_or(u64::MAX - 1).max(1) + 1
 }
 
 fn wit_identity(identity: &Identity) -> wit::Identity<'_> {

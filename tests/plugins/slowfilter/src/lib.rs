@@ -1,4 +1,5 @@
-//! Test plugin `slowfilter` (never deploy): `filter` spins as long as each message asks.
+//! Test plugin `slowfilter` (never deploy): `filter` spins as long as each message asks
+//! (`spin_ms` by the clock, `work` rounds of computation).
 //!
 //! Governs `slow:*` with history (100 messages, an hour); anyone may subscribe, only the HTTP
 //! API may publish. `filter` busy-waits `data.spin_ms` milliseconds (0 when absent) by the
@@ -30,6 +31,13 @@ impl ChannelPlugin for SlowFilter {
         let spin_ms = req.data.get("spin_ms").and_then(Value::as_u64).unwrap_or(0);
         let until = stellwerk_plugin_sdk::host::now_ms().saturating_add(spin_ms);
         while black_box(stellwerk_plugin_sdk::host::now_ms()) < until {}
+        // `work`: rounds of pure computation, the same CPU time however busy the machine is.
+        let work = req.data.get("work").and_then(Value::as_u64).unwrap_or(0);
+        let mut x = 0u64;
+        for i in 0..work {
+            x = black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        black_box(x);
         Delivery::original()
     }
 }
