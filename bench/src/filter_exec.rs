@@ -139,7 +139,10 @@ pub(crate) struct Outcome {
     hostile_calls: u64,
     hostile_timeouts: u64,
     hostile_call: Percentiles,
-    /// Faults of the `course` plugin (must be 0).
+    /// `course` calls stopped by the deadline (wall-clock, as in the broker: a call whose
+    /// thread waits for a CPU too long is stopped too) and other faults; both skip the
+    /// message for everybody in the broker.
+    course_timeouts: u64,
     course_faults: u64,
     instances_created: u64,
     /// Epoch callbacks that yielded to the scheduler (async mode).
@@ -220,11 +223,11 @@ fn engine(slots: u32) -> Result<Engine> {
         .epoch_interruption(true)
         .memory_reservation(MAX_MEMORY_BYTES as u64)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&config).map_err(wasm_error)
+    Engine::new(&config).map_err(|e| wasm_error(&e))
 }
 
 /// wasmtime's error (its `anyhow` feature is off) as this binary's.
-fn wasm_error(e: wasmtime::Error) -> anyhow::Error {
+fn wasm_error(e: &wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!("{e:#}")
 }
 
@@ -659,7 +662,8 @@ fn run_one(
             for task in normal {
                 let t = task.await.unwrap_or_default();
                 course_tally.calls += t.calls;
-                course_tally.faults += t.faults + t.timeouts;
+                course_tally.faults += t.faults;
+                course_tally.timeouts += t.timeouts;
                 course_tally.samples_us.extend(t.samples_us);
             }
             let mut hostile_tally = ChannelTally::default();
@@ -692,6 +696,7 @@ fn run_one(
             hostile_calls: hostile_tally.calls,
             hostile_timeouts: hostile_tally.timeouts,
             hostile_call: Percentiles::of(&mut hostile_tally.samples_us),
+            course_timeouts: course_tally.timeouts,
             course_faults: course_tally.faults,
             instances_created: instances,
             yields,
@@ -756,13 +761,13 @@ pub(crate) fn run(p: &Params) -> Result<serde_json::Value> {
         &mut sync_linker,
         |s| s,
     )
-    .map_err(wasm_error)?;
+    .map_err(|e| wasm_error(&e))?;
     let mut async_linker = Linker::new(&engine);
     async_api::ChannelPlugin::add_to_linker::<HostState, HasSelf<HostState>>(
         &mut async_linker,
         |s| s,
     )
-    .map_err(wasm_error)?;
+    .map_err(|e| wasm_error(&e))?;
     let message = payload::message(1, 0, p.size);
     let staff_only = format!("{{\"visibility\":\"staff\",{}", &message[1..]);
     let setup = Setup {
@@ -856,8 +861,11 @@ fn print(outcomes: &[Outcome]) {
             o.yields,
             o.threads,
         );
-        if o.course_faults > 0 {
-            println!("    note: {} course calls faulted", o.course_faults);
+        if o.course_faults + o.course_timeouts > 0 {
+            println!(
+                "    note: {} course calls stopped by the deadline, {} other faults",
+                o.course_timeouts, o.course_faults
+            );
         }
         if o.hostile_calls > o.hostile_timeouts {
             println!(
