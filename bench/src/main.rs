@@ -12,9 +12,12 @@
 //!   `reload`: hot reload's time to live and its cost in throughput (Stellwerk only);
 //!   `soak`: a steady mix of everything for minutes or hours, checking that no message is
 //!   lost and that descriptors come back (Stellwerk only; it exits non-zero on a failure).
+//! - `filter_exec`: `filter-exec`, no server: the `filter` hook run by wasmtime in this
+//!   process, on the blocking pool versus async with epoch yield (issue #10).
 
 mod clients;
 mod fanout;
+mod filter_exec;
 mod idle;
 mod nats;
 mod payload;
@@ -80,6 +83,52 @@ enum Scenario {
     /// refreshes, plugin reloads and disconnects for `--minutes`; lost messages (must be
     /// 0), RSS after warm-up versus the end, open descriptors. Exits non-zero on a failure.
     Soak(SoakArgs),
+    /// No server: the `course` plugin's `filter` run by wasmtime in this process, as the
+    /// broker does (sync, in `spawn_blocking`) and async with epoch yield on the tokio
+    /// workers; K ordered channels, optionally hostile channels spinning to their deadline,
+    /// and a 1 ms probe task: calls per CPU-second, calls/s, probe lateness.
+    FilterExec(FilterExecArgs),
+}
+
+#[derive(Debug, Args)]
+struct FilterExecArgs {
+    /// Numbers of concurrent `course` channels (each one's calls in order), one run each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64, 256])]
+    channels: Vec<usize>,
+    /// Numbers of hostile channels (the `slowfilter` test plugin spinning until its
+    /// deadline), each run alongside `--hostile-with` course channels.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2])]
+    hostile: Vec<usize>,
+    /// Course channels running next to the hostile ones.
+    #[arg(long, default_value_t = 16)]
+    hostile_with: usize,
+    /// Seconds of the measuring window of each run.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Seconds of load before the window opens.
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+    /// Repetitions of the whole set (both modes, every configuration).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Tokio worker threads [default: the CPUs, as the broker's runtime].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// The plugin call deadline, milliseconds (the broker's default `plugins.call_timeout`).
+    #[arg(long, default_value_t = 100)]
+    call_timeout_ms: u64,
+    /// Epoch tick, milliseconds (the broker's `EPOCH_TICK`).
+    #[arg(long, default_value_t = 10)]
+    epoch_tick_ms: u64,
+    /// Idle instances kept per plugin (the broker's default `plugins.pool_size`).
+    #[arg(long, default_value_t = 4)]
+    pool_size: usize,
+    /// Message payload size in bytes.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// Where `slowfilter.wasm` is.
+    #[arg(long, default_value = "target/test-plugins")]
+    test_plugins_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -555,6 +604,25 @@ async fn run(cli: Cli, fd_limit: u64) -> Result<ExitCode> {
                 .await
                 .unwrap_or_else(|e| json!({"scenario": "plugin-load", "error": format!("{e:#}")}))
         }
+        Scenario::FilterExec(a) => {
+            let params = filter_exec_params(a, &setup)?;
+            // Its own runtimes, one per run: on a thread of its own, outside this runtime.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("filter-exec".into())
+                .spawn(move || {
+                    let _ = tx.send(filter_exec::run(&params));
+                })?;
+            match rx.await {
+                Ok(Ok(report)) => report,
+                Ok(Err(e)) => {
+                    eprintln!("filter-exec failed: {e:#}");
+                    failed = true;
+                    json!({"scenario": "filter-exec", "error": format!("{e:#}")})
+                }
+                Err(_) => bail!("filter-exec panicked"),
+            }
+        }
         Scenario::Soak(a) => {
             let params = a.params()?;
             eprintln!("running soak stellwerk …");
@@ -592,6 +660,35 @@ async fn run(cli: Cli, fd_limit: u64) -> Result<ExitCode> {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+fn filter_exec_params(a: &FilterExecArgs, setup: &ServerSetup) -> Result<filter_exec::Params> {
+    if !(0.1..=600.0).contains(&a.seconds) || !(0.0..=60.0).contains(&a.warmup) {
+        bail!("--seconds must be within 0.1..=600 and --warmup within 0..=60");
+    }
+    if a.call_timeout_ms == 0 || a.epoch_tick_ms == 0 || a.rounds > 20 {
+        bail!("--call-timeout-ms and --epoch-tick-ms must be positive, --rounds at most 20");
+    }
+    if a.channels.iter().chain(&a.hostile).any(|&n| n > 4096) {
+        bail!("at most 4096 channels per run");
+    }
+    Ok(filter_exec::Params {
+        channels: a.channels.clone(),
+        hostile: a.hostile.clone(),
+        hostile_with: a.hostile_with,
+        warmup: Duration::from_secs_f64(a.warmup),
+        measure: Duration::from_secs_f64(a.seconds),
+        rounds: a.rounds,
+        workers: a
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        call_timeout: Duration::from_millis(a.call_timeout_ms),
+        epoch_tick: Duration::from_millis(a.epoch_tick_ms),
+        pool_size: a.pool_size,
+        size: a.size,
+        course_wasm: setup.plugins_dir.join("course.wasm"),
+        hostile_wasm: a.test_plugins_dir.join("slowfilter.wasm"),
     })
 }
 
