@@ -207,7 +207,7 @@ final class ClientTest extends TestCase
         }
         $names = array_column($info['plugins'], 'name');
         sort($names);
-        $this->assertSame(['course', 'public', 'user'], $names);
+        $this->assertSame(['blubber', 'course', 'public', 'user'], $names);
     }
 
     public function testBaseUrlMayEndInASlashAndKeepsAliveAcrossCalls(): void
