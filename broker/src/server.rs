@@ -294,13 +294,28 @@ fn use_compile_cache(config: &crate::config::PluginsConfig) -> Result<(), ServeE
         }
         return Ok(());
     };
-    if let Err(e) = std::fs::create_dir_all(&dir) {
+    // Only the broker's user may write native code it will run: a directory it creates is
+    // 0700; one that others may write to is used, with a warning.
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let created = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir);
+    if let Err(e) = created {
         let what = format!("cannot create the compile cache {}: {e}", dir.display());
         if config.compile_cache_dir.is_some() {
             return Err(ServeError::Plugins(what));
         }
         tracing::warn!("{what}; plugins are compiled at every start");
         return Ok(());
+    }
+    if let Ok(meta) = std::fs::metadata(&dir) {
+        if meta.permissions().mode() & 0o022 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the plugin compile cache is writable by other users: whoever can write there can run code as the broker (chmod go-w, or set plugins.compile_cache = false)"
+            );
+        }
     }
     tracing::info!(dir = %dir.display(), "plugin compile cache");
     plugins::use_compile_cache(dir);

@@ -15,6 +15,7 @@
 //! - [`tokens`]: hand-crafted tokens that no JWT library would produce (`alg: none`).
 
 pub mod binary;
+pub mod guide;
 pub mod plugin_dir;
 pub mod raw;
 pub mod redis;

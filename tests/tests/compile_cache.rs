@@ -149,3 +149,28 @@ async fn a_configured_cache_directory_that_cannot_be_created_stops_the_start() {
         "the error names the directory: {log}"
     );
 }
+
+#[tokio::test]
+async fn the_cache_directory_is_the_brokers_alone_and_a_shared_one_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let plugins = PluginDir::with(&["course"]);
+    let parent = PluginDir::with(&[]);
+    let created = parent.path().join("stellwerk").join("cache");
+    let server = broker(&plugins, &created).start().await;
+    let mode = std::fs::metadata(&created).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{mode:o}");
+    assert!(
+        !server.log().contains("writable by other users"),
+        "{}",
+        server.log()
+    );
+    drop(server);
+
+    let shared = parent.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let server = broker(&plugins, &shared).start().await;
+    let log = server.log();
+    assert!(log.contains("writable by other users"), "{log}");
+    course_works(&server).await;
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use stellwerk_e2e::binary::workspace_root;
+use stellwerk_e2e::guide;
 use stellwerk_e2e::{assert_ws_error, Server, WsClient};
 
 /// The guide, relative to the workspace root.
@@ -91,62 +92,8 @@ fn package_name(cargo_toml: &str) -> String {
     panic!("{GUIDE}: the Cargo.toml block has no [package] name:\n{cargo_toml}");
 }
 
-/// Runs one step of the guide; fails the test (with the command's output) unless it exits
-/// successfully within [`STEP_TIMEOUT`]. Returns stdout and stderr.
 fn step(what: &str, cmd: &mut Command, logs: &Path) -> (String, String) {
-    let slug: String = what
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let out_path = logs.join(format!("{slug}.stdout"));
-    let err_path = logs.join(format!("{slug}.stderr"));
-    // Output to files, not pipes: a chatty cargo can never block on a full pipe.
-    cmd.stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path).expect("create stdout file"))
-        .stderr(fs::File::create(&err_path).expect("create stderr file"));
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("step `{what}`: cannot start {cmd:?}: {e}"));
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for step") {
-            break Some(status);
-        }
-        if started.elapsed() > STEP_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = fs::read_to_string(&out_path).unwrap_or_default();
-    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
-    match status {
-        Some(status) if status.success() => {
-            eprintln!(
-                "plugin guide: {what}: ok in {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-            (stdout, stderr)
-        }
-        outcome => {
-            let outcome = match outcome {
-                Some(status) => format!("failed ({status})"),
-                None => format!("did not finish within {STEP_TIMEOUT:?}"),
-            };
-            panic!(
-                "step `{what}` {outcome}\ncommand: {cmd:?}\n----- stdout -----\n{}\n----- stderr -----\n{}",
-                tail(&stdout),
-                tail(&stderr)
-            );
-        }
-    }
-}
-
-/// The last 150 lines: where cargo says what went wrong.
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(150)..].join("\n")
+    guide::step(what, cmd, logs, STEP_TIMEOUT)
 }
 
 /// Sum of `N passed` over cargo test's `test result:` lines.
@@ -160,16 +107,7 @@ fn tests_passed(output: &str) -> usize {
 
 /// A fresh directory under the system's temp dir (outside the checkout, as the guide says).
 fn fresh_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "stellwerk-plugin-guide-{}-{nanos}",
-        std::process::id()
-    ));
-    fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+    guide::fresh_dir("stellwerk-plugin-guide")
 }
 
 /// Sections 2–5 of the guide. Returns the plugins directory holding the built component
@@ -510,12 +448,12 @@ fn build_plugin_refuses_a_crate_without_export_plugin() {
     assert!(
         !output.status.success(),
         "the build must fail:\n{}",
-        tail(&stderr)
+        guide::tail(&stderr)
     );
     assert!(
         stderr.contains("export_plugin!(YourPlugin);") && stderr.contains("`authorize-subscribe`"),
         "the error names the macro and the missing export:\n{}",
-        tail(&stderr)
+        guide::tail(&stderr)
     );
     assert!(
         !out_dir.join("forgetful.wasm").exists(),

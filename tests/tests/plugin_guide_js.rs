@@ -9,11 +9,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use stellwerk_e2e::binary::workspace_root;
+use stellwerk_e2e::guide;
 use stellwerk_e2e::{assert_ws_error, Server, WsClient};
 
 const GUIDE: &str = "docs/plugin-guide-js.md";
@@ -59,59 +60,13 @@ fn file_blocks(markdown: &str) -> Vec<(String, String)> {
     blocks
 }
 
-/// Runs one step of the guide; fails the test with its output unless it succeeds within
-/// [`STEP_TIMEOUT`]. Returns stdout.
 fn step(what: &str, cmd: &mut Command, logs: &Path) -> String {
-    let slug: String = what
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let out_path = logs.join(format!("{slug}.stdout"));
-    let err_path = logs.join(format!("{slug}.stderr"));
-    cmd.stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path).expect("create stdout file"))
-        .stderr(fs::File::create(&err_path).expect("create stderr file"));
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("step `{what}`: cannot start {cmd:?}: {e}"));
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for step") {
-            break Some(status);
-        }
-        if started.elapsed() > STEP_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = fs::read_to_string(&out_path).unwrap_or_default();
-    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
-    match status {
-        Some(status) if status.success() => {
-            eprintln!(
-                "js plugin guide: {what}: ok in {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-            stdout
-        }
-        outcome => panic!(
-            "step `{what}` failed ({outcome:?})\ncommand: {cmd:?}\n----- stdout -----\n{stdout}\n----- stderr -----\n{stderr}"
-        ),
-    }
+    guide::step(what, cmd, logs, STEP_TIMEOUT).0
 }
 
 fn fresh_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "stellwerk-plugin-guide-js-{}-{nanos}",
-        std::process::id()
-    ));
-    fs::create_dir_all(dir.join("logs")).expect("create temp dir");
+    let dir = guide::fresh_dir("stellwerk-plugin-guide-js");
+    fs::create_dir_all(dir.join("logs")).expect("create the logs directory");
     dir
 }
 
