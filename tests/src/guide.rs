@@ -7,6 +7,8 @@ use std::process::Command;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::Server;
+
 /// Runs one step of a guide; fails the test (with the command's output) unless it exits
 /// successfully within `timeout`. Returns stdout and stderr.
 pub fn step(what: &str, cmd: &mut Command, logs: &Path, timeout: Duration) -> (String, String) {
@@ -75,4 +77,23 @@ pub fn fresh_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
     fs::create_dir_all(&dir).expect("create temp dir");
     dir
+}
+
+/// Waits until the broker logs that it hot-reloaded `plugin` (the guides' last step: the
+/// rebuilt file dropped into the plugin directory); fails the test after 20 s.
+pub async fn wait_for_reload(server: &Server, plugin: &str) {
+    let label = format!("plugin=\"{plugin}\"");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server
+        .log()
+        .lines()
+        .any(|l| l.contains("plugin reloaded") && l.contains(&label))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no `plugin reloaded` of {plugin} within 20 s:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -11,7 +11,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use stellwerk_e2e::binary::workspace_root;
@@ -366,19 +366,7 @@ async fn the_plugin_guide_works_as_written() {
     })
     .await
     .expect("the rebuild");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !server
-        .log()
-        .lines()
-        .any(|l| l.contains("plugin reloaded") && l.contains(r#"plugin="blubber""#))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no `plugin reloaded` within 20 s:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    guide::wait_for_reload(&server, "blubber").await;
     let reply = grace
         .request(json!({
             "type": "publish",

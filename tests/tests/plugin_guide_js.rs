@@ -10,7 +10,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use stellwerk_e2e::binary::workspace_root;
@@ -303,19 +303,7 @@ async fn the_javascript_plugin_guide_works_as_written() {
     })
     .await
     .expect("the rebuild");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !server
-        .log()
-        .lines()
-        .any(|l| l.contains("plugin reloaded") && l.contains(r#"plugin="forum""#))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no `plugin reloaded` within 20 s:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    guide::wait_for_reload(&server, "forum").await;
     let anonymous = type_as(&mut ada).await;
     assert_eq!(anonymous["user"], ADA, "{anonymous}");
     assert_eq!(
